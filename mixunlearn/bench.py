@@ -1,0 +1,83 @@
+"""Seed grids: run one experiment per seed and tabulate mean ± std per metric, the gap to
+Retrain (from the means, EVALUATION.md §2.3), wall time and its ratio to Retrain's."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .experiment import ExperimentConfig, run_experiment
+from .metrics import ALL_METRICS, gap_to_retrain, mean_std
+from .progress import Callback
+
+
+def summarise(results: Sequence[dict]) -> list[dict]:
+    """Rows (Retrain first) from a list of results.json dicts of the same setting."""
+    level = results[0]["info"]["level"]
+    names = list(results[0]["methods"])
+    per_method = {n: [r["methods"][n] for r in results if r["methods"].get(n, {}).get("status") == "done"]
+                  for n in names}
+    stats = {n: mean_std([rec["metrics"] for rec in recs]) for n, recs in per_method.items() if recs}
+    secs = {n: [rec["seconds"] for rec in recs] for n, recs in per_method.items()}
+    retrain_means = {k: v[0] for k, v in stats["retrain"].items()}
+    retrain_secs = sum(secs["retrain"]) / len(secs["retrain"])
+    rows = []
+    for n in names:
+        if n not in stats:
+            rows.append({"method": n, "seeds_ok": 0, "seeds": len(results)})
+            continue
+        means = {k: v[0] for k, v in stats[n].items()}
+        row = {"method": n, "labels": per_method[n][0].get("labels", ""), "seeds_ok": len(per_method[n]),
+               "seeds": len(results)}
+        for k in ALL_METRICS:
+            if k in stats[n]:
+                row[k] = stats[n][k][0]
+                row[k + "_std"] = stats[n][k][1]
+        row["gap_to_retrain"] = gap_to_retrain(means, retrain_means, level) if "asr" in means else None
+        row["seconds"] = sum(secs[n]) / len(secs[n])
+        row["time_ratio_to_retrain"] = row["seconds"] / retrain_secs if retrain_secs > 0 else None
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict], level: str, title: str = "") -> str:
+    main = {"class": ["test_r", "test_f", "asr"], "data": ["train_r", "train_f", "test", "asr"]}[level]
+    extra = [k for k in ALL_METRICS if k not in main and k not in ("ua", "ra", "ta")]
+    head = ["method"] + main + ["gap", "seconds", "× Retrain"] + extra
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |",
+                                                      "|" + "---|" * len(head)]
+    for r in rows:
+        if not r.get("seeds_ok"):
+            lines.append(f"| {r['method']} | failed on every seed |" + " |" * (len(head) - 2))
+            continue
+        cell = lambda k, r=r: f"{r[k]:.2f} ± {r[k + '_std']:.2f}" if k in r else "–"
+        gap = f"{r['gap_to_retrain']:.2f}" if r.get("gap_to_retrain") is not None else "–"
+        ratio = f"{r['time_ratio_to_retrain']:.3f}" if r.get("time_ratio_to_retrain") is not None else "–"
+        fails = "" if r["seeds_ok"] == r["seeds"] else f" ({r['seeds_ok']}/{r['seeds']} seeds)"
+        lines.append("| " + " | ".join([r["method"] + fails] + [cell(k) for k in main]
+                                       + [gap, f"{r['seconds']:.2f}", ratio] + [cell(k) for k in extra]) + " |")
+    return "\n".join(lines)
+
+
+def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None) -> str:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for cfg in cfgs:
+        res = run_experiment(cfg, callbacks=callbacks).to_json()
+        (out / f"seed{cfg.seed}.json").write_text(json.dumps(res, indent=1))
+        results.append(res)
+    rows = summarise(results)
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))
+    with open(out / "table.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    c = results[0]["config"]
+    seeds = ",".join(str(r["config"]["seed"]) for r in results)
+    title = f"{c['dataset']} · {c['forget']} · model {c['model']} · seeds {seeds} · {results[0]['info']['device']}"
+    md = to_markdown(rows, results[0]["info"]["level"], title)
+    (out / "table.md").write_text(md + "\n")
+    return md

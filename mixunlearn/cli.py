@@ -1,0 +1,248 @@
+"""Command line: ``python -m mixunlearn {list, run, bench}``.
+
+Bad arguments give one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _methods_arg(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("no method given")
+    return names
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
+    return v
+
+
+def _seeds_arg(text: str) -> tuple[int, ...]:
+    seeds = tuple(_seed_arg(s.strip()) for s in text.split(",") if s.strip())
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given")
+    return seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mixunlearn", description="MixUnlearn: machine unlearning lab (python -m mixunlearn)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("list", help="datasets, models and methods with one-line help")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", default="digits", help="dataset name (default: digits, offline)")
+        sp.add_argument("--forget", default="class:3",
+                        help="class:K | data:CLASSES:FRACTION (e.g. data:5-9:0.4) | noisy:CLASSES:FRACTION")
+        sp.add_argument("--methods", type=_methods_arg, default=("retrain", "finetune", "neggrad"),
+                        help="comma-separated method names (Retrain is always run: it is the yardstick)")
+        sp.add_argument("--model", default=None, help="model name (default: the dataset's)")
+        sp.add_argument("--recipe", default=None, help="training recipe of the original and Retrain")
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        sp.add_argument("--data-root", default=None, help="folder with the dataset files")
+        sp.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                        help="override a method hyper-parameter (repeatable)")
+        sp.add_argument("--eval-split", choices=("test", "val"), default="test",
+                        help="'val' scores on a validation split held out from D (for tuning)")
+        sp.add_argument("--no-attacks", action="store_true", help="skip the membership-inference attacks")
+        sp.add_argument("--no-download", action="store_true", help="never try to download data")
+        sp.add_argument("--out", default=None, help="output folder")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="one seed: all methods run and scored against Retrain -> OUT/results.json")
+    common(run)
+    run.add_argument("--seed", type=_seed_arg, default=0)
+    run.add_argument("--store", action="store_true", help="also save the run in the run store")
+
+    bench = sub.add_parser("bench", help="seeds x methods grid -> OUT/table.csv and OUT/table.md")
+    common(bench)
+    bench.add_argument("--seeds", type=_seeds_arg, default=(0, 1, 2))
+    return p
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class TqdmProgress:
+    """Turns progress events into a tqdm bar (one at a time, per source); messages go to stderr.
+    Bars are drawn only on a terminal; elsewhere only the messages are printed."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.source = None
+
+    def __call__(self, ev) -> None:
+        from tqdm import tqdm
+
+        if ev.message:
+            tqdm.write(f"[{ev.source}] {ev.message}", file=sys.stderr)
+        if not self.enabled or not ev.total or not ev.losses:
+            return
+        if self.bar is None or self.source != ev.source or self.bar.total != ev.total:
+            self.close()
+            self.bar = tqdm(total=ev.total, desc=ev.source, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.source = ev.source
+        self.bar.n = ev.step
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(ev.losses.items())[:3]}, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_list() -> int:
+    from .datasets import DATASETS, is_available
+    from .methods import list_methods
+    from .models import MODELS
+    from .training import DEFAULT_RECIPE, RECIPES
+
+    print("Datasets:")
+    for name, info in DATASETS.items():
+        avail = "available" if is_available(name) else "files not found (see --data-root)"
+        print(f"  {name:<14} {info.title}; model {info.default_model}, recipe {DEFAULT_RECIPE[name]}; {avail}")
+    print("Models:")
+    for name, entry in MODELS.items():
+        print(f"  {name:<14} {entry.summary}")
+    print("Recipes:")
+    for name, r in RECIPES.items():
+        print(f"  {name:<14} {r.description}")
+    print("Methods:")
+    for m in sorted(list_methods(), key=lambda s: (s.name != "retrain", s.name)):
+        kinds = "" if len(m.kinds) == 3 else f" [{'/'.join(m.kinds)} only]"
+        print(f"  {m.name:<20} ({m.labels}) {m.summary}{kinds}")
+    print("Forget specs: class:K | data:CLASSES:FRACTION (paper default data:5-9:0.4) | noisy:CLASSES:FRACTION")
+    return 0
+
+
+def _experiment_config(args, seed: int):
+    from .experiment import ExperimentConfig
+    from .methods import parse_param_overrides
+
+    params = parse_param_overrides(args.param)
+    return ExperimentConfig(
+        dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), seed=seed, model=args.model,
+        recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
+        eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
+    ).resolved()
+
+
+def cmd_run(args) -> int:
+    from .experiment import run_experiment
+    from .store import RunStore
+
+    cfg = _experiment_config(args, args.seed)
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.forget.replace(':', '_')}-seed{cfg.seed}")
+    progress = TqdmProgress(enabled=not args.quiet)
+    store = RunStore() if args.store else None
+    run_id = store.begin(cfg.to_dict()) if store else None
+    try:
+        result = run_experiment(cfg, callbacks=[progress])
+    except BaseException as exc:
+        if store:
+            from .progress import RunCancelled
+
+            status = "cancelled" if isinstance(exc, (RunCancelled, KeyboardInterrupt)) else "failed"
+            store.finish_unsuccessful(run_id, status, str(exc))
+        raise
+    finally:
+        progress.close()
+    path = result.write(out)
+    if store:
+        store.commit(run_id, result.to_json())
+    print(format_summary(result.to_json()))
+    print(f"wrote {path}" + (f"; stored as run {run_id}" if store else ""))
+    return 0
+
+
+def format_summary(results: dict) -> str:
+    level = results["info"]["level"]
+    keys = list(results["info"]["metric_set"])
+    lines = [f"{'method':<22}" + "".join(f"{k:>9}" for k in keys) + f"{'gap':>8}{'seconds':>9}"]
+    rows = [("original", results["original"])] + list(results["methods"].items())
+    for name, rec in rows:
+        if rec.get("status") == "failed":
+            lines.append(f"{name:<22} FAILED: {rec.get('error', '')}")
+            continue
+        m = rec["metrics"]
+        gap = rec.get("gap_to_retrain")
+        note = " (cached)" if rec.get("cached") else ""
+        lines.append(f"{name:<22}" + "".join(f"{m.get(k, float('nan')):>9.2f}" for k in keys)
+                     + (f"{gap:>8.2f}" if gap is not None else f"{'':>8}") + f"{rec['seconds']:>9.2f}" + note)
+    lines.append(f"({level}-level; metrics in %; gap = mean |metric - Retrain| over {', '.join(keys)})")
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    cfgs = [_experiment_config(args, s) for s in args.seeds]
+    out = Path(args.out or f"runs/bench-{cfgs[0].dataset}-{cfgs[0].forget.replace(':', '_')}")
+    progress = TqdmProgress(enabled=not args.quiet)
+    try:
+        table = run_bench(cfgs, out, callbacks=[progress])
+    finally:
+        progress.close()
+    print(table)
+    print(f"wrote {out / 'table.csv'} and {out / 'table.md'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .datasets import CorruptDataError, DataNotFoundError
+    from .progress import NonFiniteLossError, RunCancelled
+    from .store import StoreError
+
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+    except (ValueError, DataNotFoundError, CorruptDataError, StoreError, PermissionError) as exc:
+        sys.stderr.write(f"mixunlearn: error: {' '.join(str(exc).split())}\n")
+        return EXIT_USAGE
+    except NonFiniteLossError as exc:
+        sys.stderr.write(f"mixunlearn: error: {exc}\n")
+        return 1
+    except (RunCancelled, KeyboardInterrupt):
+        sys.stderr.write("mixunlearn: cancelled; nothing was written as complete\n")
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+

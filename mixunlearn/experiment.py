@@ -1,0 +1,235 @@
+"""One config in, every method run and scored against Retrain, one result out.
+
+Used by the CLI (``run``, ``bench``) and by the app's background jobs. Every input is
+validated before any heavy work starts, so a bad class or method name fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import UnlearnData, check_classes, make_split, parse_forget_spec
+from .datasets import get_info, load_dataset
+from .methods import config_to_dict, get_method, make_config, run_method
+from .metrics import ALL_METRICS, evaluate, gap_to_retrain
+from .models import MODELS
+from .progress import Callback, NonFiniteLossError, ProgressEvent, emit
+from .training import ModelCache, get_recipe, get_trained
+from .utils import device_name, resolve_device, seed_everything
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything needed to replay a run."""
+
+    dataset: str = "digits"
+    forget: str = "class:3"
+    methods: tuple[str, ...] = ("retrain", "finetune", "neggrad")
+    seed: int = 0
+    model: str | None = None  # None: the dataset's default model
+    recipe: str | None = None  # None: the dataset's default recipe
+    device: str = "auto"
+    data_root: str | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_split: str = "test"  # "val": score on a validation split held out from D (tuning)
+    attacks: bool = True
+    download: bool = True
+
+    def resolved(self) -> ExperimentConfig:
+        """Validate every field and fill in defaults; raises ValueError naming the problem."""
+        info = get_info(self.dataset)
+        model = self.model or info.default_model
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+        if MODELS[model].input_size != info.size:
+            raise ValueError(f"model {model!r} does not fit {self.dataset!r} ({info.size}x{info.size}); "
+                             f"use {info.default_model!r}")
+        recipe = get_recipe(self.recipe or self.dataset).name
+        spec = parse_forget_spec(self.forget, info.n_classes)
+        check_classes(spec, info.n_classes)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        methods = [m.strip() for m in self.methods if m.strip()]
+        if not methods:
+            raise ValueError("no method given; pass at least one, e.g. --methods retrain,mixunlearn")
+        family = MODELS[model].builder.family
+        for m in methods:
+            ms = get_method(m)
+            if spec.kind not in ms.kinds:
+                raise ValueError(f"method {m!r} does not support {spec.kind}-level forgetting "
+                                 f"(supports: {', '.join(ms.kinds)})")
+        for m, overrides in self.params.items():
+            if m not in methods:
+                raise ValueError(f"parameters given for method {m!r}, which is not in the run ({', '.join(methods)})")
+            make_config(m, family, overrides)
+        if self.eval_split not in ("test", "val"):
+            raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
+        resolve_device(self.device)
+        ordered = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
+        return dataclasses.replace(self, model=model, recipe=recipe, forget=str(spec), methods=tuple(ordered))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["methods"] = list(self.methods)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ValueError(f"unknown experiment field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "methods" in d:
+            d["methods"] = tuple(d["methods"])
+        return cls(**d)
+
+
+@dataclass
+class MethodRecord:
+    name: str
+    display: str
+    labels: str
+    status: str  # "done" or "failed"
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    gap_to_retrain: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    cached: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"metrics": _round(self.metrics), "seconds": round(self.seconds, 4)}
+        if self.gap_to_retrain is not None:
+            out["gap_to_retrain"] = round(self.gap_to_retrain, 4)
+        out.update({"status": self.status, "labels": self.labels, "config": self.config})
+        if self.cached:
+            out["cached"] = True
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _round(m: Mapping[str, float]) -> dict[str, float]:
+    return {k: (round(v, 4) if v == v else None) for k, v in m.items()}
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    original: MethodRecord
+    methods: dict[str, MethodRecord]
+    info: dict[str, Any] = field(default_factory=dict)
+    data: UnlearnData | None = None
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "original": self.original.to_json(),
+            "methods": {k: v.to_json() for k, v in self.methods.items()},
+            "info": self.info,
+        }
+
+    def write(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "results.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False))
+        tmp.replace(path)
+        return path
+
+
+def prepare_data(cfg: ExperimentConfig, device: torch.device) -> UnlearnData:
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    return make_split(ds, cfg.forget, cfg.seed, eval_split=cfg.eval_split).to(device)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    callbacks: list[Callback] | None = None,
+    cache: ModelCache | None = None,
+    keep_models: bool = False,
+    data: UnlearnData | None = None,
+) -> ExperimentResult:
+    """Run every method of ``cfg`` (Retrain always first) and score each against Retrain.
+
+    A method that fails with NaN/inf losses is recorded as failed (no metrics) and the others
+    go on; :class:`~mixunlearn.progress.RunCancelled` from a callback stops everything.
+    """
+    cfg = cfg.resolved()
+    callbacks = list(callbacks or [])
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    started = time.time()
+    emit(callbacks, ProgressEvent("experiment", "data", 0, 1, message=f"loading {cfg.dataset}"))
+    if data is None:
+        data = prepare_data(cfg, device)
+    recipe = get_recipe(cfg.recipe)
+    cache = cache or ModelCache()
+    level = data.spec.level
+    original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
+    emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
+    orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
+                                                                             cfg.attacks),
+                            original.seconds, cached=original.cached)
+    oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
+    emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
+    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
+    records: dict[str, MethodRecord] = {
+        "retrain": MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
+                                config={"recipe": dataclasses.asdict(recipe)}, cached=oracle.cached)
+    }
+    models: dict[str, torch.nn.Module] = {"original": original.model, "retrain": oracle.model}
+    if cfg.attacks:
+        records["retrain"].gap_to_retrain = 0.0
+    family = original.model.family
+    for name in cfg.methods:
+        if name == "retrain":
+            continue
+        spec = get_method(name)
+        mcfg = make_config(name, family, cfg.params.get(name))
+        emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"running {spec.display}"))
+        try:
+            res = run_method(name, original.model, data, mcfg, device=device, callbacks=callbacks)
+        except NonFiniteLossError as exc:
+            records[name] = MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
+                                         config=config_to_dict(mcfg), error=str(exc))
+            emit(callbacks, ProgressEvent(name, "failed", 0, 1, message=str(exc)))
+            continue
+        emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
+        metrics = evaluate(res.model, data, cfg.seed, cfg.attacks)
+        gap = gap_to_retrain(metrics, retrain_metrics, level) if cfg.attacks else None
+        records[name] = MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
+                                     res.config, extras=res.extras)
+        if keep_models:
+            models[name] = res.model
+    if cfg.attacks:
+        orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, level)
+    info = {
+        "version": __version__,
+        "device": device_name(device),
+        "level": level,
+        "metric_set": list({"class": ("test_r", "test_f", "asr"),
+                            "data": ("train_r", "train_f", "test", "asr")}[level]),
+        "metrics": list(ALL_METRICS),
+        "n_train": int(len(data.x_train)), "n_forget": int(len(data.forget_idx)),
+        "n_retain": int(len(data.retain_idx)), "n_test": int(len(data.x_test)),
+        "eval_split": data.eval_split,
+        "cache": {"original": original.key, "retrain": oracle.key},
+        "started": started, "seconds_total": time.time() - started,
+    }
+    return ExperimentResult(cfg, orig_rec, records, info, data if keep_models else None,
+                            models if keep_models else {})
+

@@ -1,0 +1,46 @@
+"""Unlearning methods. Every module in this package that does not start with ``_`` (and is not
+``base``) is imported on first use of the registry, and registers its methods by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import (
+    MethodConfig,
+    MethodOutput,
+    MethodResult,
+    MethodSpec,
+    config_from_dict,
+    config_to_dict,
+    field_specs,
+    get_method,
+    list_methods,
+    make_config,
+    method_names,
+    param,
+    parse_param_overrides,
+    register_method,
+    run_method,
+    validate_config,
+)
+
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+__all__ = [
+    "MethodConfig", "MethodOutput", "MethodResult", "MethodSpec", "config_from_dict", "config_to_dict",
+    "field_specs", "get_method", "list_methods", "make_config", "method_names", "param",
+    "parse_param_overrides", "register_method", "run_method", "validate_config",
+]

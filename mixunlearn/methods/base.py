@@ -1,0 +1,295 @@
+"""The method registry: one signature for every unlearning method.
+
+A method is a function registered by name::
+
+    @register_method("finetune", config=FinetuneConfig, labels="aware", summary="...", paper="...")
+    def finetune(model, data, cfg, *, device, callbacks) -> nn.Module | MethodOutput: ...
+
+- ``model`` is a private copy of the original model f_D (the caller copies; the method may
+  change it in place and return it);
+- ``data`` is an :class:`~mixunlearn.data.UnlearnData` on ``device``; label-agnostic methods
+  receive a view without labels;
+- ``cfg`` is the method's frozen config dataclass, whose fields carry metadata (help, min, max,
+  choices) so the app can build widgets and a run can be replayed exactly;
+- ``callbacks`` receive :class:`~mixunlearn.progress.ProgressEvent` objects; one may raise
+  :class:`~mixunlearn.progress.RunCancelled` to stop the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data import UnlearnData
+from ..progress import Callback, check_finite_weights
+from ..utils import synchronize
+
+
+def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+          choices: Iterable[Any] | None = None, log: bool = False) -> Any:
+    """A config field with the metadata the CLI and the app read."""
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None, "log": log}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. ``FAMILY_DEFAULTS`` maps a model family ("digits", "cnn",
+    "resnet") to field overrides, e.g. a smaller learning rate for ResNet-18."""
+
+    FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+
+@dataclass
+class MethodOutput:
+    """What a method may return instead of a bare model: the model plus extras for the app
+    (e.g. generator snapshots) and the loss history."""
+
+    model: nn.Module
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+UnlearnFn = Callable[..., "nn.Module | MethodOutput"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: UnlearnFn
+    config_cls: type
+    labels: str  # "aware" or "agnostic"
+    summary: str
+    paper: str
+    display: str
+    kinds: tuple[str, ...] = ("class", "data", "noisy")
+    in_paper: bool = False
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    config: type,
+    labels: str,
+    summary: str,
+    paper: str,
+    display: str | None = None,
+    kinds: Iterable[str] = ("class", "data", "noisy"),
+    in_paper: bool = False,
+) -> Callable[[UnlearnFn], UnlearnFn]:
+    if labels not in ("aware", "agnostic"):
+        raise ValueError(f"labels must be 'aware' or 'agnostic', got {labels!r}")
+    if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
+        raise TypeError(f"config of {name!r} must be a frozen dataclass")
+
+    def deco(fn: UnlearnFn) -> UnlearnFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = MethodSpec(name, fn, config, labels, summary, paper, display or name, tuple(kinds), in_paper)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import _load_all
+
+    _load_all()
+
+
+def method_names() -> list[str]:
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def list_methods() -> list[MethodSpec]:
+    _ensure_loaded()
+    return list(_REGISTRY.values())
+
+
+def get_method(name: str) -> MethodSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints.get(f.name, f.type)
+
+
+def field_specs(cls: type) -> list[dict[str, Any]]:
+    """One dict per config field: name, type, default, help, min, max, choices, log."""
+    out = []
+    for f in dataclasses.fields(cls):
+        t = _field_type(cls, f)
+        out.append({"name": f.name, "type": t, "default": f.default, **{k: f.metadata.get(k) for k in
+                                                                        ("help", "min", "max", "choices", "log")}})
+    return out
+
+
+def _coerce(value: Any, t: Any, name: str) -> Any:
+    origin = typing.get_origin(t)
+    if origin is typing.Literal:
+        t = type(typing.get_args(t)[0])
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if t is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if t is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if t is str:
+        return str(value)
+    if origin in (tuple, list) or t in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        args = typing.get_args(t)
+        inner = args[0] if args else str
+        return tuple(_coerce(v, inner, name) for v in value)
+    return value
+
+
+def validate_config(cfg: MethodConfig) -> None:
+    """Check every field against its min / max / choices; raise ValueError naming the field."""
+    cls = type(cfg)
+    for f in dataclasses.fields(cls):
+        v = getattr(cfg, f.name)
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        where = f"{cls.__name__}.{f.name}"
+        if isinstance(v, float) and v != v:
+            raise ValueError(f"{where} is NaN")
+        if lo is not None and isinstance(v, (int, float)) and not isinstance(v, bool) and v < lo:
+            raise ValueError(f"{where} = {v} is below its minimum {lo} (allowed {lo}..{hi})")
+        if hi is not None and isinstance(v, (int, float)) and not isinstance(v, bool) and v > hi:
+            raise ValueError(f"{where} = {v} is above its maximum {hi} (allowed {lo}..{hi})")
+        if choices and v not in choices:
+            raise ValueError(f"{where} = {v!r} is not one of {list(choices)}")
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any] | None = None) -> Any:
+    """Build and validate a config from plain values (JSON, CLI strings); unknown names fail
+    with the list of known ones."""
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} for {cls.__name__}; known: {', '.join(known)}")
+    kwargs = {k: _coerce(v, _field_type(cls, known[k]), f"{cls.__name__}.{k}") for k, v in values.items()}
+    cfg = cls(**kwargs)
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v) for f in dataclasses.fields(cfg)}
+
+
+def make_config(name: str, family: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The config of method ``name``: class defaults, then the model family's defaults, then
+    ``overrides``."""
+    spec = get_method(name)
+    base = dict(spec.config_cls.FAMILY_DEFAULTS.get(family, {})) if family else {}
+    base.update(overrides or {})
+    return config_from_dict(spec.config_cls, base)
+
+
+def parse_param_overrides(items: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``["mixunlearn.lr=1e-3", ...]`` -> ``{"mixunlearn": {"lr": "1e-3"}}`` (values coerced later)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"malformed --param {item!r}; use METHOD.FIELD=VALUE, e.g. mixunlearn.lr_unlearner=1e-4")
+        key, value = item.split("=", 1)
+        method, fld = key.split(".", 1)
+        if not method or not fld or not value.strip():
+            raise ValueError(f"malformed --param {item!r}; use METHOD.FIELD=VALUE")
+        out.setdefault(method.strip(), {})[fld.strip()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class MethodResult:
+    name: str
+    model: nn.Module
+    seconds: float
+    config: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def run_method(
+    name: str,
+    original: nn.Module,
+    data: UnlearnData,
+    cfg: Any | None = None,
+    *,
+    device: torch.device | str | None = None,
+    callbacks: list[Callback] | None = None,
+) -> MethodResult:
+    """Run one method on a deep copy of ``original`` and time it (with device syncs).
+
+    The original is never modified. Label-agnostic methods get :meth:`UnlearnData.without_labels`.
+    """
+    spec = get_method(name)
+    if data.spec.kind not in spec.kinds:
+        raise ValueError(f"method {name!r} does not support {data.spec.kind}-level forgetting "
+                         f"(supports: {', '.join(spec.kinds)})")
+    family = getattr(original, "family", None)
+    if cfg is None:
+        cfg = make_config(name, family)
+    elif isinstance(cfg, Mapping):
+        cfg = make_config(name, family, cfg)
+    elif not isinstance(cfg, spec.config_cls):
+        raise TypeError(f"config for {name!r} must be {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    device = torch.device(device) if device is not None else data.device
+    model = copy.deepcopy(original).to(device)
+    view = data.without_labels() if spec.labels == "agnostic" else data
+    synchronize(device)
+    start = time.perf_counter()
+    out = spec.fn(model, view, cfg, device=device, callbacks=list(callbacks or []))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    if isinstance(out, MethodOutput):
+        model, extras = out.model, out.extras
+    else:
+        model, extras = out, {}
+    check_finite_weights(model, name, -1)
+    model.eval()
+    return MethodResult(name, model, seconds, config_to_dict(cfg), extras)

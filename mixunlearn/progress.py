@@ -1,0 +1,115 @@
+"""Progress events and cancellation.
+
+Methods and trainers never print: they emit :class:`ProgressEvent` objects to callbacks. A
+callback may stop the run by raising :class:`RunCancelled`; the exception travels out of the
+method untouched. :class:`Reporter` batches the work of reporting: it keeps per-step losses on
+the device, syncs only every ``log_every`` steps, and turns NaN/inf losses into
+:class:`NonFiniteLossError` naming the method and step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class RunCancelled(Exception):
+    """Raised (by a callback) to stop a run; nothing it produced is kept as a result."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or a weight became NaN or infinite."""
+
+    def __init__(self, method: str, step: int, what: str):
+        self.method, self.step, self.what = method, step, what
+        super().__init__(
+            f"{method}: {what} became NaN or infinite at step {step}; the run was stopped and no metrics "
+            f"were written. Try a smaller learning rate."
+        )
+
+
+@dataclass
+class ProgressEvent:
+    """One report from a running method or trainer."""
+
+    source: str  # method name or "original" / "retrain"
+    phase: str  # e.g. "train", "unlearn", "generator", "mask", "evaluate", "cache"
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # extras: lambda, mask share, snapshots
+    # The model being trained, for in-process callbacks (e.g. probe accuracies); never serialised.
+    model: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+Callback = Callable[[ProgressEvent], Any]
+
+
+def emit(callbacks: Iterable[Callback] | None, event: ProgressEvent) -> None:
+    for cb in callbacks or ():
+        cb(event)
+
+
+class Reporter:
+    """Counts steps, emits events every ``log_every`` steps, checks losses for NaN/inf."""
+
+    def __init__(
+        self,
+        source: str,
+        callbacks: Iterable[Callback] | None,
+        total: int,
+        phase: str = "unlearn",
+        log_every: int = 10,
+        model: Any = None,
+    ):
+        self.source, self.callbacks, self.total, self.phase = source, list(callbacks or ()), total, phase
+        self.model = model
+        self.log_every = max(1, log_every)
+        self.step_count = 0
+        self._pending: dict[str, list[torch.Tensor]] = {}
+        self._bad: torch.Tensor | None = None
+        self.history: list[dict[str, float]] = []
+
+    def message(self, text: str, phase: str | None = None, **data: Any) -> None:
+        emit(self.callbacks, ProgressEvent(self.source, phase or self.phase, self.step_count, self.total,
+                                           message=text, data=data))
+
+    def step(self, losses: Mapping[str, torch.Tensor | float] | None = None, data: dict | None = None,
+             phase: str | None = None, force: bool = False) -> None:
+        """Record one optimisation step; every ``log_every`` steps (or when forced) emit an event."""
+        self.step_count += 1
+        for name, value in (losses or {}).items():
+            t = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self._pending.setdefault(name, []).append(t.float().reshape(()))
+            bad = ~torch.isfinite(t).all()
+            self._bad = bad if self._bad is None else (self._bad | bad.to(self._bad.device))
+        if force or data or self.step_count % self.log_every == 0 or self.step_count >= self.total:
+            self.flush(data=data, phase=phase)
+
+    def flush(self, data: dict | None = None, phase: str | None = None) -> None:
+        if self._bad is not None and bool(self._bad):
+            names = [n for n, v in self._pending.items() if not all(math.isfinite(float(t)) for t in v)]
+            raise NonFiniteLossError(self.source, self.step_count, f"loss {'/'.join(names) or '?'}")
+        means = {n: float(torch.stack(v).mean()) for n, v in self._pending.items() if v}
+        self._pending = {}
+        self._bad = None
+        if means:
+            self.history.append({"step": self.step_count, **means})
+        emit(self.callbacks, ProgressEvent(self.source, phase or self.phase, self.step_count, self.total,
+                                           losses=means, data=dict(data or {}), model=self.model))
+
+
+def check_finite_weights(model: torch.nn.Module, source: str, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` when any parameter is NaN/inf."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    if flags and not bool(torch.stack(flags).all()):
+        raise NonFiniteLossError(source, step, "a model weight")

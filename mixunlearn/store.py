@@ -1,0 +1,323 @@
+"""The run store: an SQLite index (runs, methods, metrics, config JSON, status, timestamps)
+plus tensors on disk (safetensors, never pickle).
+
+A run is committed atomically. Its files are written into ``runs/<id>.partial/``, renamed to
+``runs/<id>/``, and only then is the run marked ``complete`` in one transaction together with
+its method rows. A run that crashed or was cancelled stays ``running``/``cancelled``/``failed``
+and is never listed as complete. Default location: ``$MIXUNLEARN_HOME/store`` (see
+:func:`mixunlearn.utils.home_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .utils import home_dir
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "complete", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    dataset TEXT NOT NULL DEFAULT '',
+    forget TEXT NOT NULL DEFAULT '',
+    seed INTEGER,
+    pid INTEGER,
+    config TEXT NOT NULL,
+    results TEXT,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS methods (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    method TEXT NOT NULL,
+    status TEXT NOT NULL,
+    seconds REAL,
+    gap REAL,
+    metrics TEXT NOT NULL,
+    config TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, method)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used (newer schema, unreadable database, unknown run)."""
+
+
+@dataclass
+class RunRow:
+    id: str
+    created: float
+    finished: float | None
+    status: str
+    label: str
+    dataset: str
+    forget: str
+    seed: int | None
+    config: dict[str, Any]
+    results: dict[str, Any] | None
+    error: str
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+        label = f" · {self.label}" if self.label else ""
+        return f"{when} · {self.dataset} · {self.forget} · seed {self.seed}{label}"
+
+
+class RunStore:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else home_dir() / "store"
+        self.runs_dir = self.root / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "index.sqlite"
+        self._init_schema()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the run store at {self.db_path}: {exc}") from exc
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys = ON")
+            con.execute("PRAGMA busy_timeout = 30000")
+            yield con
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the run store at {self.db_path} is unreadable: {exc}") from exc
+        finally:
+            con.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        with self._connect() as con:
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                pass  # e.g. a read-only or network file system: rollback journal still works
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    con.execute(stmt)
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    version = SCHEMA_VERSION
+                else:
+                    version = int(row["value"])
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the run store at {self.root} was written by a newer MixUnlearn (schema {version}, "
+                        f"this one reads {SCHEMA_VERSION}); upgrade, or point MIXUNLEARN_HOME elsewhere"
+                    )
+                for v in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[v](con)
+                    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v + 1),))
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writing
+
+    def begin(self, config: Mapping[str, Any], label: str = "") -> str:
+        """Register a run as ``running``; returns its id."""
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO runs (id, created, status, label, dataset, forget, seed, pid, config) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, time.time(), label, str(config.get("dataset", "")), str(config.get("forget", "")),
+                 config.get("seed"), os.getpid(), json.dumps(config, default=str)),
+            )
+        return run_id
+
+    def commit(
+        self,
+        run_id: str,
+        results: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+    ) -> None:
+        """Write the run's files, then mark it complete with its method rows, atomically."""
+        from safetensors.torch import save_file
+
+        row = self._row(run_id)
+        if row["status"] != "running":
+            raise StoreError(f"run {run_id} is {row['status']}, not running; it cannot be committed")
+        partial = self.runs_dir / f"{run_id}.partial"
+        final = self.runs_dir / run_id
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        if tensors:
+            state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+            save_file(state, str(partial / "tensors.safetensors"))
+        for name, content in (files or {}).items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"bad file name {name!r}")
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(partial / name, mode) as fh:
+                fh.write(content)
+        (partial / "results.json").write_text(json.dumps(results, default=str))
+        _fsync_dir(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        with self._transaction() as con:
+            for name, rec in (results.get("methods") or {}).items():
+                con.execute(
+                    "INSERT OR REPLACE INTO methods VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, name, rec.get("status", "done"), rec.get("seconds"), rec.get("gap_to_retrain"),
+                     json.dumps(rec.get("metrics", {})), json.dumps(rec.get("config", {}), default=str),
+                     rec.get("error", "")),
+                )
+            con.execute("UPDATE runs SET status = 'complete', finished = ?, results = ? WHERE id = ?",
+                        (time.time(), json.dumps(results, default=str), run_id))
+
+    def finish_unsuccessful(self, run_id: str, status: str, error: str = "") -> None:
+        """Mark a run ``failed`` or ``cancelled``; its partial files are removed."""
+        if status not in ("failed", "cancelled", "interrupted"):
+            raise ValueError(f"status must be failed, cancelled or interrupted, got {status!r}")
+        shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
+        with self._transaction() as con:
+            con.execute("UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = 'running'",
+                        (status, time.time(), error, run_id))
+
+    def recover(self) -> list[str]:
+        """Mark ``running`` runs whose process is gone as ``interrupted``; returns their ids."""
+        stale = []
+        with self._transaction() as con:
+            for row in con.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall():
+                if row["pid"] is None or not _pid_alive(int(row["pid"])):
+                    stale.append(row["id"])
+                    con.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE id = ?",
+                                (time.time(), row["id"]))
+        for run_id in stale:
+            shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
+        return stale
+
+    def delete(self, run_id: str) -> None:
+        with self._transaction() as con:
+            con.execute("DELETE FROM methods WHERE run_id = ?", (run_id,))
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+
+    def _row(self, run_id: str) -> sqlite3.Row:
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in the store at {self.root}")
+        return row
+
+    def _to_run(self, row: sqlite3.Row, con: sqlite3.Connection) -> RunRow:
+        methods = {
+            m["method"]: {"status": m["status"], "seconds": m["seconds"], "gap_to_retrain": m["gap"],
+                          "metrics": json.loads(m["metrics"]), "config": json.loads(m["config"]), "error": m["error"]}
+            for m in con.execute("SELECT * FROM methods WHERE run_id = ?", (row["id"],))
+        }
+        return RunRow(row["id"], row["created"], row["finished"], row["status"], row["label"], row["dataset"],
+                      row["forget"], row["seed"], json.loads(row["config"]),
+                      json.loads(row["results"]) if row["results"] else None, row["error"], methods)
+
+    def list_runs(self, status: str | None = "complete", limit: int = 200) -> list[RunRow]:
+        """Runs, newest first. ``status=None`` lists every run. A complete run whose files are
+        missing is not listed as complete."""
+        with self._connect() as con:
+            if status is None:
+                rows = con.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = con.execute("SELECT * FROM runs WHERE status = ? ORDER BY created DESC LIMIT ?",
+                                   (status, limit)).fetchall()
+            runs = [self._to_run(r, con) for r in rows]
+        if status == "complete":
+            runs = [r for r in runs if (self.runs_dir / r.id / "results.json").is_file()]
+        return runs
+
+    def get(self, run_id: str) -> RunRow:
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no run {run_id!r} in the store at {self.root}")
+            return self._to_run(row, con)
+
+    def run_dir(self, run_id: str) -> Path:
+        run = self.get(run_id)
+        if run.status != "complete":
+            raise StoreError(f"run {run_id} is {run.status}, not complete")
+        return self.runs_dir / run_id
+
+    def load_tensors(self, run_id: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        path = self.run_dir(run_id) / "tensors.safetensors"
+        if not path.is_file():
+            return {}
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise StoreError(f"tensors of run {run_id} are unreadable: {exc}") from exc
+
+    def read_file(self, run_id: str, name: str) -> bytes:
+        path = self.run_dir(run_id) / name
+        if not path.is_file():
+            raise StoreError(f"run {run_id} has no file {name!r}")
+        return path.read_bytes()
+
+
+def _migrate_0_to_1(con: sqlite3.Connection) -> None:  # pragma: no cover - no version 0 exists yet
+    raise StoreError("run store schema 0 is not supported")
+
+
+_MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())

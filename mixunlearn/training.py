@@ -1,0 +1,302 @@
+"""Training recipes, the original model f_D, the retrained oracle f_{D_r}, and their cache.
+
+The original model and Retrain share recipe and seed; Retrain sees only D_r (EVALUATION.md §6).
+Both are cached on disk as safetensors (no pickle), keyed by (dataset, model, recipe, seed,
+forget spec, evaluation split). A cache file that is corrupt, truncated or of another
+architecture is reported through the callbacks, deleted and rebuilt -- never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import UnlearnData, augment_batch, batch_indices
+from .models import UnlearnModel, build_model
+from .progress import Callback, ProgressEvent, Reporter, check_finite_weights, emit
+from .utils import device_generator, device_name, home_dir, synchronize
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the original model (and Retrain) are trained. Stored in every run's config."""
+
+    name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"  # adam | sgd
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "none"  # none | multistep | cosine
+    milestones: tuple[int, ...] = ()
+    augment: str = "none"  # none | crop | crop_flip
+    description: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    "digits": Recipe("digits", 40, 64, 1e-3, "adam",
+                     description="Adam 1e-3, 40 epochs, batch 64 [ours]"),
+    "laf_cnn": Recipe("laf_cnn", 20, 32, 1e-4, "adam", weight_decay=1e-4,
+                      description="LAF's MNIST/Fashion-MNIST recipe: Adam 1e-4, wd 1e-4, 20 epochs, batch 32"),
+    "laf_cnn_fast": Recipe("laf_cnn_fast", 10, 128, 1e-3, "adam", weight_decay=1e-4,
+                           description="a fast preset [ours]: Adam 1e-3, wd 1e-4, 10 epochs, batch 128"),
+    "cifar_fast": Recipe("cifar_fast", 40, 256, 0.1, "sgd", 5e-4, 0.9, "cosine", augment="crop_flip",
+                         description="32px fast preset [ours]: SGD 0.1, wd 5e-4, cosine, 40 epochs, crop+flip"),
+    "cifar_full": Recipe("cifar_full", 182, 256, 0.1, "sgd", 5e-4, 0.9, "multistep", (91, 136), "crop_flip",
+                         description="OPTML's 32px recipe: SGD 0.1, wd 5e-4, 182 epochs, lr x0.1 at 91/136"),
+    "svhn_fast": Recipe("svhn_fast", 40, 256, 0.1, "sgd", 5e-4, 0.9, "cosine", augment="crop",
+                        description="32px fast preset [ours] for SVHN: as cifar_fast, crop only (no flip)"),
+}
+
+DEFAULT_RECIPE = {"digits": "digits", "mnist": "laf_cnn", "fashion_mnist": "laf_cnn",
+                  "cifar10": "cifar_fast", "svhn": "svhn_fast"}
+
+
+def get_recipe(name_or_dataset: str) -> Recipe:
+    """A recipe by name, or the default recipe of a dataset name."""
+    name = DEFAULT_RECIPE.get(name_or_dataset, name_or_dataset)
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name_or_dataset!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    """SGD always uses momentum (EVALUATION.md §4); Adam otherwise."""
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimiser {name!r}; use adam or sgd")
+
+
+def _scheduler(opt, recipe: Recipe):
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    if recipe.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(recipe.milestones), gamma=0.1)
+    return None
+
+
+def train_supervised(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    recipe: Recipe,
+    seed: int,
+    callbacks: list[Callback] | None = None,
+    source: str = "train",
+) -> nn.Module:
+    """Train ``model`` with cross-entropy on ``x[idx], y[idx]`` following ``recipe``."""
+    device = x.device
+    gen = device_generator(seed, device)
+    opt = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    sched = _scheduler(opt, recipe)
+    steps_per_epoch = -(-len(idx) // recipe.batch_size)
+    rep = Reporter(source, callbacks, recipe.epochs * steps_per_epoch, phase="train",
+                   log_every=max(1, steps_per_epoch // 4), model=model)
+    model.train()
+    for _ in range(recipe.epochs):
+        for b in batch_indices(idx, recipe.batch_size, gen):
+            xb = augment_batch(x[b], recipe.augment, gen)
+            loss = F.cross_entropy(model(xb), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rep.step({"loss": loss})
+        if sched is not None:
+            sched.step()
+    check_finite_weights(model, source, rep.step_count)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class ModelCache:
+    """Checkpoints as ``<key>.safetensors`` plus ``<key>.json`` (metadata, written last)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else home_dir() / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(parts: dict) -> str:
+        blob = json.dumps({**parts, "format": CACHE_FORMAT}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.safetensors", self.root / f"{key}.json"
+
+    def load(self, key: str, model: nn.Module) -> tuple[dict | None, str | None]:
+        """Load weights into ``model``. Returns (meta, None) on success, (None, reason) when the
+        entry is missing or unusable (an unusable entry is deleted)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        wpath, mpath = self.paths(key)
+        if not mpath.is_file() or not wpath.is_file():
+            return None, None
+        try:
+            meta = json.loads(mpath.read_text())
+            state = load_file(str(wpath), device="cpu")
+            load_state_checked(model, state)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
+            self.remove(key)
+            return None, f"cached checkpoint {wpath.name} is unusable ({_short(exc)}); it was removed and is rebuilt"
+        return meta, None
+
+    def save(self, key: str, model: nn.Module, meta: dict) -> None:
+        from safetensors.torch import save_file
+
+        wpath, mpath = self.paths(key)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        _atomic_write(wpath, lambda p: save_file(state, str(p)))
+        _atomic_write(mpath, lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+
+    def remove(self, key: str) -> None:
+        for p in self.paths(key):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _atomic_write(path: Path, writer) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict only if its names and shapes match ``model`` exactly."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise ValueError(
+            f"checkpoint is of another architecture (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ValueError(f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}"
+                             " (another architecture or number of classes)")
+        if not torch.isfinite(state[k].float()).all():
+            raise ValueError(f"checkpoint tensor {k} holds NaN or inf")
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a user-supplied checkpoint safely: safetensors, or a plain tensor dict via
+    ``torch.load(weights_only=True)``. Pickles that would run code are refused."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as exc:  # any failure to parse is the same answer for the user
+        raise ValueError(f"checkpoint {path.name} cannot be loaded safely: {_short(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path.name} is not a dictionary of tensors")
+    load_state_checked(model, state)
+    return model
+
+
+@dataclass
+class TrainedModel:
+    model: UnlearnModel
+    seconds: float
+    cached: bool
+    key: str
+    meta: dict = field(default_factory=dict)
+
+
+def cache_parts(kind: str, data: UnlearnData, model_name: str, recipe: Recipe) -> dict:
+    """What identifies a trained model: the original ignores the forget spec unless the spec
+    changed the labels it was trained on (noisy); Retrain always depends on it."""
+    depends_on_spec = kind == "retrain" or data.spec.kind == "noisy"
+    return {
+        "kind": kind,
+        "dataset": data.info.name,
+        "model": model_name,
+        "recipe": asdict(recipe),
+        "seed": data.seed,
+        "eval_split": data.eval_split,
+        "forget": str(data.spec) if depends_on_spec else None,
+        "n_train": int(len(data.x_train)),
+    }
+
+
+def get_trained(
+    kind: str,
+    data: UnlearnData,
+    model_name: str,
+    recipe: Recipe,
+    callbacks: list[Callback] | None = None,
+    cache: ModelCache | None = None,
+    use_cache: bool = True,
+) -> TrainedModel:
+    """The original model (``kind="original"``, trained on D) or Retrain (``"retrain"``, on D_r),
+    from the cache when present, else trained and cached."""
+    if kind not in ("original", "retrain"):
+        raise ValueError(f"kind must be 'original' or 'retrain', got {kind!r}")
+    if data.y_train is None:
+        raise ValueError("training the original model or Retrain needs labels")
+    device = data.device
+    cache = cache or ModelCache()
+    parts = cache_parts(kind, data, model_name, recipe)
+    key = cache.key(parts)
+    seed = data.seed
+    model = build_model(model_name, data.info, seed=seed)
+    if use_cache:
+        meta, problem = cache.load(key, model)
+        if problem:
+            emit(callbacks, ProgressEvent(kind, "cache", 0, 0, message=problem))
+        if meta is not None:
+            emit(callbacks, ProgressEvent(kind, "cache", 1, 1, message=f"reusing cached {kind} model ({key})"))
+            return TrainedModel(model.to(device).eval(), float(meta.get("seconds", 0.0)), True, key, meta)
+    if kind == "original":
+        idx = torch.arange(len(data.x_train), device=device)
+    else:
+        idx = data.retain_idx
+    model = model.to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    train_supervised(model, data.x_train, data.y_train, idx, recipe, seed, callbacks, source=kind)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    meta = {"parts": parts, "seconds": seconds, "device": device_name(device), "created": time.time()}
+    if use_cache:
+        cache.save(key, model, meta)
+    return TrainedModel(model.eval(), seconds, False, key, meta)

@@ -1,0 +1,101 @@
+"""Small shared helpers: devices, seeding, timing, the home folder."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """Resolve ``auto`` to cuda, then mps, then cpu; validate an explicit name.
+
+    Raises ValueError when an explicit accelerator is asked for but absent.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' asked for, but MPS is not available here; use 'cpu' or 'auto'")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N, mps")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def device_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch generator living on ``device`` (so random draws need no host round-trip)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels, so wall-clock timings cover the work."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@contextmanager
+def timed(device: torch.device | str) -> Iterator[dict[str, float]]:
+    """Measure wall-clock seconds of a block, with a device sync at both ends."""
+    out: dict[str, float] = {}
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        synchronize(device)
+        out["seconds"] = time.perf_counter() - start
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device, for run-time reports."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def home_dir() -> Path:
+    """The folder for caches and the run store: ``$MIXUNLEARN_HOME`` or the user cache folder."""
+    env = os.environ.get("MIXUNLEARN_HOME")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = Path(base) / "mixunlearn"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

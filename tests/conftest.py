@@ -1,0 +1,59 @@
+"""Shared fixtures. Every test runs with its own MIXUNLEARN_HOME (cache and store in a temp
+folder), except where a session-wide cache of trained digits models is asked for."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MIXUNLEARN_DATA", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits_dataset():
+    from mixunlearn.datasets import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """A model cache shared by the whole test session (trained digits models are reused)."""
+    from mixunlearn.training import ModelCache
+
+    return ModelCache(tmp_path_factory.mktemp("model_cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_class3(digits_dataset, session_cache):
+    """Digits, forget class 3, seed 0: (data, original model, retrained model), trained once."""
+    from mixunlearn.data import make_split
+    from mixunlearn.training import get_recipe, get_trained
+
+    data = make_split(digits_dataset, "class:3", seed=0)
+    recipe = get_recipe("digits")
+    original = get_trained("original", data, "digits_cnn", recipe, cache=session_cache)
+    retrain = get_trained("retrain", data, "digits_cnn", recipe, cache=session_cache)
+    return data, original.model, retrain.model
+
+
+@pytest.fixture(scope="session")
+def digits_data_level(digits_dataset, session_cache):
+    """Digits, data:5-9:0.4, seed 0: (data, original model, retrained model)."""
+    from mixunlearn.data import make_split
+    from mixunlearn.training import get_recipe, get_trained
+
+    data = make_split(digits_dataset, "data:5-9:0.4", seed=0)
+    recipe = get_recipe("digits")
+    original = get_trained("original", data, "digits_cnn", recipe, cache=session_cache)
+    retrain = get_trained("retrain", data, "digits_cnn", recipe, cache=session_cache)
+    return data, original.model, retrain.model
