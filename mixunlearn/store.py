@@ -291,6 +291,32 @@ class RunStore:
         except Exception as exc:  # safetensors raises its own error types
             raise StoreError(f"tensors of run {run_id} are unreadable: {exc}") from exc
 
+    def save_artifact(self, run_id: str, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Add a derived, cacheable artifact (e.g. a projection) to a complete run, atomically.
+        Artifacts can always be recomputed from the run, so they are not part of its commit."""
+        from safetensors.torch import save_file
+
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"bad artifact name {name!r}")
+        folder = self.run_dir(run_id)
+        path = folder / f"artifact-{name}.safetensors"
+        tmp = folder / f".artifact-{name}.{uuid.uuid4().hex[:6]}.tmp"
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+
+    def load_artifact(self, run_id: str, name: str) -> dict[str, torch.Tensor] | None:
+        """A previously saved artifact, or None when absent or unreadable."""
+        from safetensors.torch import load_file
+
+        path = self.run_dir(run_id) / f"artifact-{name}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception:  # a damaged cache entry is simply recomputed
+            return None
+
     def read_file(self, run_id: str, name: str) -> bytes:
         path = self.run_dir(run_id) / name
         if not path.is_file():
