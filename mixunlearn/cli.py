@@ -6,9 +6,16 @@ Bad arguments give one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+# OpenMP threads that spin while waiting burn the CPU that the other thread (or another process)
+# needs: on 2 shared cores, digits training ran 5x slower with the default (active) policy. Must be
+# set before torch loads its OpenMP runtime, so here, where ``python -m mixunlearn`` starts; an
+# explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_USAGE = 2
 
@@ -194,9 +201,12 @@ def format_summary(results: dict) -> str:
             continue
         m = rec["metrics"]
         gap = rec.get("gap_to_retrain")
+        secs = rec.get("seconds")
         note = " (cached)" if rec.get("cached") else ""
-        lines.append(f"{name:<22}" + "".join(f"{m.get(k, float('nan')):>9.2f}" for k in keys)
-                     + (f"{gap:>8.2f}" if gap is not None else f"{'':>8}") + f"{rec['seconds']:>9.2f}" + note)
+        # A metric that could not be computed (e.g. an empty split) is null in results.json.
+        cells = "".join(f"{m[k]:>9.2f}" if m.get(k) is not None else f"{'n/a':>9}" for k in keys)
+        lines.append(f"{name:<22}" + cells + (f"{gap:>8.2f}" if gap is not None else f"{'':>8}")
+                     + (f"{secs:>9.2f}" if secs is not None else f"{'n/a':>9}") + note)
     lines.append(f"({level}-level; metrics in %; gap = mean |metric - Retrain| over {', '.join(keys)})")
     return "\n".join(lines)
 
@@ -230,17 +240,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "bench":
             return cmd_bench(args)
-    except (ValueError, DataNotFoundError, CorruptDataError, StoreError, PermissionError) as exc:
-        sys.stderr.write(f"mixunlearn: error: {' '.join(str(exc).split())}\n")
-        return EXIT_USAGE
     except NonFiniteLossError as exc:
-        sys.stderr.write(f"mixunlearn: error: {exc}\n")
+        _error_line(exc)
         return 1
+    except (ValueError, OSError, StoreError, DataNotFoundError, CorruptDataError) as exc:
+        # Bad input (names, specs, parameters, files and folders): one line, exit 2.
+        _error_line(exc)
+        return EXIT_USAGE
     except (RunCancelled, KeyboardInterrupt):
         sys.stderr.write("mixunlearn: cancelled; nothing was written as complete\n")
         return 130
+    except Exception as exc:  # an internal error: still one line (MIXUNLEARN_DEBUG=1 shows the traceback)
+        if os.environ.get("MIXUNLEARN_DEBUG"):
+            raise
+        _error_line(exc, internal=True)
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
+
+
+def _error_line(exc: BaseException, internal: bool = False) -> None:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if internal:
+        text = f"internal error ({type(exc).__name__}): {text} (set MIXUNLEARN_DEBUG=1 for the traceback)"
+    sys.stderr.write(f"mixunlearn: error: {text}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ A forget specification is text, as on the command line:
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -40,7 +41,8 @@ class ForgetSpec:
         classes = _format_classes(self.classes)
         if self.kind == "class":
             return f"class:{classes}"
-        return f"{self.kind}:{classes}:{self.fraction:g}"
+        # repr() is the shortest text that parses back to the same float (":g" rounded to 6 digits).
+        return f"{self.kind}:{classes}:{float(self.fraction)!r}"
 
     @property
     def level(self) -> str:
@@ -105,13 +107,21 @@ def parse_forget_spec(text: str, n_classes: int | None = None) -> ForgetSpec:
             raise ValueError(f"forget fraction {fraction:g} in {text!r} is outside (0, 1); use e.g. 0.4")
         spec = ForgetSpec(kind, _parse_classes(parts[1], text), fraction)  # type: ignore[arg-type]
     if any(c < 0 for c in spec.classes):
-        raise ValueError(f"forget spec {text!r}: classes must be 0 or more")
+        allowed = f"0..{n_classes - 1}" if n_classes is not None else "0 or more"
+        raise ValueError(f"forget spec {text!r}: class {min(spec.classes)} is negative; classes must be {allowed}")
     if n_classes is not None:
         check_classes(spec, n_classes)
     return spec
 
 
 def check_classes(spec: ForgetSpec, n_classes: int) -> None:
+    """Check a spec against a dataset (also specs built directly, not parsed); ValueError if bad."""
+    if spec.kind not in FORGET_KINDS:
+        raise ValueError(f"unknown forget kind {spec.kind!r}; {SPEC_HELP}")
+    if not spec.classes:
+        raise ValueError(f"forget spec {str(spec)!r} names no class; {SPEC_HELP}")
+    if spec.kind != "class" and not (0.0 < spec.fraction < 1.0):
+        raise ValueError(f"forget fraction {spec.fraction!r} is outside (0, 1); use e.g. 0.4")
     bad = [c for c in spec.classes if not 0 <= c < n_classes]
     if bad:
         raise ValueError(
@@ -299,9 +309,16 @@ def make_split(
 def batch_indices(
     idx: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
 ) -> list[torch.Tensor]:
-    """Split index tensor ``idx`` into batches (shuffled with ``generator``); last batch may be short."""
+    """Split index tensor ``idx`` into batches (shuffled with ``generator``); last batch may be short.
+
+    The permutation is drawn on the generator's device (a CUDA generator cannot draw on the CPU
+    and vice versa) and moved to ``idx``'s device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if shuffle:
-        perm = torch.randperm(len(idx), generator=generator, device=generator.device if generator else "cpu")
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        perm = torch.randperm(len(idx), generator=generator, device=gdev)
         idx = idx[perm.to(idx.device)]
     return list(torch.split(idx, batch_size))
 
@@ -312,16 +329,18 @@ class EndlessBatches:
     def __init__(self, idx: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
         if len(idx) == 0:
             raise ValueError("cannot stream batches from an empty index set")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.idx, self.batch_size, self.generator = idx, batch_size, generator
-        self._queue: list[torch.Tensor] = []
+        self._queue: deque[torch.Tensor] = deque()
 
     def __iter__(self):
         return self
 
     def __next__(self) -> torch.Tensor:
         if not self._queue:
-            self._queue = batch_indices(self.idx, self.batch_size, self.generator)
-        return self._queue.pop(0)
+            self._queue.extend(batch_indices(self.idx, self.batch_size, self.generator))
+        return self._queue.popleft()
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:

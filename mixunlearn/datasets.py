@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         opener: Callable = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise CorruptDataError(f"{path}: cannot read ({exc}); the file looks truncated or corrupt") from exc
     if len(raw) < 4:
         raise CorruptDataError(f"{path}: only {len(raw)} bytes; not an IDX file")
@@ -260,8 +261,11 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     obj = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in obj or "labels" not in obj:
         raise CorruptDataError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'")
-    data = np.asarray(obj["data"])
-    labels = np.asarray(obj["labels"], dtype=np.int64)
+    try:
+        data = np.asarray(obj["data"])
+        labels = np.asarray(obj["labels"], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise CorruptDataError(f"{path}: CIFAR-10 batch has unreadable data or labels ({exc})") from exc
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise CorruptDataError(
             f"{path}: data has shape {data.shape} for {len(labels)} labels; expected N x 3072"

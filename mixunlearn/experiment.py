@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,9 +58,13 @@ class ExperimentConfig:
         recipe = get_recipe(self.recipe or self.dataset).name
         spec = parse_forget_spec(self.forget, info.n_classes)
         check_classes(spec, info.n_classes)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        methods = [m.strip() for m in self.methods if m.strip()]
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raw = self.methods.split(",") if isinstance(self.methods, str) else list(self.methods)
+        if not all(isinstance(m, str) for m in raw):
+            raise ValueError(f"methods must be names (text), got {self.methods!r}")
+        methods = [m.strip() for m in raw if m.strip()]
         if not methods:
             raise ValueError("no method given; pass at least one, e.g. --methods retrain,mixunlearn")
         family = MODELS[model].builder.family
@@ -67,15 +73,23 @@ class ExperimentConfig:
             if spec.kind not in ms.kinds:
                 raise ValueError(f"method {m!r} does not support {spec.kind}-level forgetting "
                                  f"(supports: {', '.join(ms.kinds)})")
+        if not isinstance(self.params, Mapping):
+            raise ValueError(f"params must map method names to {{field: value}}, got {self.params!r}")
         for m, overrides in self.params.items():
+            if m == "retrain" and overrides:
+                raise ValueError("Retrain is the cached oracle trained with the run's recipe; its parameters "
+                                 "cannot be overridden here (choose another --recipe instead)")
             if m not in methods:
                 raise ValueError(f"parameters given for method {m!r}, which is not in the run ({', '.join(methods)})")
+            if not isinstance(overrides, Mapping):
+                raise ValueError(f"parameters of {m!r} must map field names to values, got {overrides!r}")
             make_config(m, family, overrides)
         if self.eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
         resolve_device(self.device)
         ordered = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
-        return dataclasses.replace(self, model=model, recipe=recipe, forget=str(spec), methods=tuple(ordered))
+        return dataclasses.replace(self, model=model, recipe=recipe, forget=str(spec), methods=tuple(ordered),
+                                   seed=int(seed), params={k: dict(v) for k, v in self.params.items()})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,9 +123,9 @@ class MethodRecord:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metrics": _round(self.metrics), "seconds": round(self.seconds, 4)}
+        out: dict[str, Any] = {"metrics": _round(self.metrics), "seconds": _num(self.seconds)}
         if self.gap_to_retrain is not None:
-            out["gap_to_retrain"] = round(self.gap_to_retrain, 4)
+            out["gap_to_retrain"] = _num(self.gap_to_retrain)
         out.update({"status": self.status, "labels": self.labels, "config": self.config})
         if self.cached:
             out["cached"] = True
@@ -120,8 +134,40 @@ class MethodRecord:
         return out
 
 
-def _round(m: Mapping[str, float]) -> dict[str, float]:
-    return {k: (round(v, 4) if v == v else None) for k, v in m.items()}
+def _num(v: Any, ndigits: int = 4) -> float | None:
+    """A finite number rounded for JSON, else None (NaN/inf never reach results.json)."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(v, ndigits) if math.isfinite(v) else None
+
+
+def _round(m: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: _num(v) for k, v in m.items()}
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts: NaN/inf floats become
+    None, tuples become lists, other unknown objects their ``str``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return json_safe(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
+        try:
+            return json_safe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return str(obj)
 
 
 @dataclass
@@ -134,12 +180,13 @@ class ExperimentResult:
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The results.json document (DESIGN.md); never contains NaN or inf (they become null)."""
+        return json_safe({
             "config": self.config.to_dict(),
             "original": self.original.to_json(),
             "methods": {k: v.to_json() for k, v in self.methods.items()},
             "info": self.info,
-        }
+        })
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)

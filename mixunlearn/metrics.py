@@ -53,6 +53,8 @@ def predict_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) 
     was_training = model.training
     model.eval()
     try:
+        if len(x) == 0:
+            return model.features(x).float()
         return torch.cat([model.features(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)

@@ -88,9 +88,10 @@ class Reporter:
         """Record one optimisation step; every ``log_every`` steps (or when forced) emit an event."""
         self.step_count += 1
         for name, value in (losses or {}).items():
-            t = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            self._pending.setdefault(name, []).append(t.float().reshape(()))
+            t = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            # A non-scalar loss (e.g. per-sample values) is reported by its mean; NaN checks see all of it.
             bad = ~torch.isfinite(t).all()
+            self._pending.setdefault(name, []).append(t.mean() if t.numel() != 1 else t.reshape(()))
             self._bad = bad if self._bad is None else (self._bad | bad.to(self._bad.device))
         if force or data or self.step_count % self.log_every == 0 or self.step_count >= self.total:
             self.flush(data=data, phase=phase)
@@ -99,7 +100,8 @@ class Reporter:
         if self._bad is not None and bool(self._bad):
             names = [n for n, v in self._pending.items() if not all(math.isfinite(float(t)) for t in v)]
             raise NonFiniteLossError(self.source, self.step_count, f"loss {'/'.join(names) or '?'}")
-        means = {n: float(torch.stack(v).mean()) for n, v in self._pending.items() if v}
+        # Values of one name may come from different devices (a Python float next to a CUDA loss).
+        means = {n: float(torch.stack([t.to(v[0].device) for t in v]).mean()) for n, v in self._pending.items() if v}
         self._pending = {}
         self._bad = None
         if means:

@@ -118,7 +118,8 @@ class RunStore:
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite may already have rolled back (e.g. on SQLITE_FULL)
+                    con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
 
@@ -196,6 +197,16 @@ class RunStore:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         with self._transaction() as con:
+            # Only a run that is still running becomes complete: a cancel or a recover() that
+            # happened while the files were written wins, and the files go away again.
+            cur = con.execute("UPDATE runs SET status = 'complete', finished = ?, results = ? "
+                              "WHERE id = ? AND status = 'running'",
+                              (time.time(), json.dumps(results, default=str), run_id))
+            if cur.rowcount != 1:
+                status = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                shutil.rmtree(final, ignore_errors=True)
+                raise StoreError(f"run {run_id} became {status['status'] if status else 'deleted'} while it was "
+                                 "being committed; it is not stored as complete")
             for name, rec in (results.get("methods") or {}).items():
                 con.execute(
                     "INSERT OR REPLACE INTO methods VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -203,17 +214,17 @@ class RunStore:
                      json.dumps(rec.get("metrics", {})), json.dumps(rec.get("config", {}), default=str),
                      rec.get("error", "")),
                 )
-            con.execute("UPDATE runs SET status = 'complete', finished = ?, results = ? WHERE id = ?",
-                        (time.time(), json.dumps(results, default=str), run_id))
 
     def finish_unsuccessful(self, run_id: str, status: str, error: str = "") -> None:
         """Mark a run ``failed`` or ``cancelled``; its partial files are removed."""
         if status not in ("failed", "cancelled", "interrupted"):
             raise ValueError(f"status must be failed, cancelled or interrupted, got {status!r}")
-        shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
         with self._transaction() as con:
-            con.execute("UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = 'running'",
-                        (status, time.time(), error, run_id))
+            cur = con.execute("UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = 'running'",
+                              (status, time.time(), error, run_id))
+        shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
+        if cur.rowcount == 1:  # never touch the files of a run that is already complete
+            shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
 
     def recover(self) -> list[str]:
         """Mark ``running`` runs whose process is gone as ``interrupted``; returns their ids."""
@@ -225,7 +236,9 @@ class RunStore:
                     con.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE id = ?",
                                 (time.time(), row["id"]))
         for run_id in stale:
+            # Files of a commit that died between its rename and its status update go too.
             shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
+            shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
         return stale
 
     def delete(self, run_id: str) -> None:
@@ -340,7 +353,15 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    except OSError:
+        return False
+    # A killed process that its parent has not reaped yet still answers kill(0): a zombie is dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -153,9 +153,12 @@ class ModelCache:
             return None, None
         try:
             meta = json.loads(mpath.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"metadata {mpath.name} is not a JSON object")
+            float(meta.get("seconds", 0.0))  # a garbage value here would crash the caller later
             state = load_file(str(wpath), device="cpu")
             load_state_checked(model, state)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:
             self.remove(key)
             return None, f"cached checkpoint {wpath.name} is unusable ({_short(exc)}); it was removed and is rebuilt"
         return meta, None
@@ -196,7 +199,7 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     """Load a state dict only if its names and shapes match ``model`` exactly."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
+    extra = sorted(str(k) for k in set(state) - set(own))
     if missing or extra:
         raise ValueError(
             f"checkpoint is of another architecture (missing {missing[:3]}, unexpected {extra[:3]})"
@@ -223,14 +226,29 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
     except Exception as exc:  # any failure to parse is the same answer for the user
         raise ValueError(f"checkpoint {path.name} cannot be loaded safely: {_short(exc)}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path.name} is not a dictionary of tensors")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path.name} holds a {type(state).__name__}, not a dictionary of tensors")
+    # Training checkpoints often wrap the weights next to non-tensor entries (epoch, optimizer, ...).
+    for wrapper in _CHECKPOINT_WRAPPERS:
+        inner = state.get(wrapper)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            state = inner
+            break
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"checkpoint {path.name} is not a dictionary of tensors (non-tensor entries: "
+            f"{', '.join(not_tensors[:5])}); save model.state_dict()"
+        )
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from nn.DataParallel
     load_state_checked(model, state)
     return model
+
+
+_CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
 
 
 @dataclass
@@ -283,6 +301,8 @@ def get_trained(
         meta, problem = cache.load(key, model)
         if problem:
             emit(callbacks, ProgressEvent(kind, "cache", 0, 0, message=problem))
+            # A failed load may have left some weights behind: start again from the seeded init.
+            model = build_model(model_name, data.info, seed=seed)
         if meta is not None:
             emit(callbacks, ProgressEvent(kind, "cache", 1, 1, message=f"reusing cached {kind} model ({key})"))
             return TrainedModel(model.to(device).eval(), float(meta.get("seconds", 0.0)), True, key, meta)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Before torch loads OpenMP: spinning worker threads make CPU runs several times slower on
+# shared cores (see mixunlearn/cli.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

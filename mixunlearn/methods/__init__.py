@@ -33,10 +33,12 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+    # Only after every module imported: a failing import fails again on the next call instead
+    # of leaving a silently incomplete registry.
+    _loaded = True
 
 
 __all__ = [

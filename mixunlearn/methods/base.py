@@ -93,8 +93,11 @@ def register_method(
         raise TypeError(f"config of {name!r} must be a frozen dataclass")
 
     def deco(fn: UnlearnFn) -> UnlearnFn:
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"method {name!r} is registered twice")
+        old = _REGISTRY.get(name)
+        # Re-importing the same module (e.g. a reload by a file watcher) replaces the entry;
+        # another function claiming the name is a mistake.
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"method {name!r} is registered twice ({old.fn.__module__} and {fn.__module__})")
         _REGISTRY[name] = MethodSpec(name, fn, config, labels, summary, paper, display or name, tuple(kinds), in_paper)
         return fn
 
@@ -278,7 +281,11 @@ def run_method(
         cfg = make_config(name, family, cfg)
     elif not isinstance(cfg, spec.config_cls):
         raise TypeError(f"config for {name!r} must be {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    else:
+        validate_config(cfg)  # a config built directly skipped the checks of make_config
     device = torch.device(device) if device is not None else data.device
+    if data.device != device:
+        data = data.to(device)
     model = copy.deepcopy(original).to(device)
     view = data.without_labels() if spec.labels == "agnostic" else data
     synchronize(device)
