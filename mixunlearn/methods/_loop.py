@@ -108,3 +108,89 @@ def ce_epochs(
             if after_step is not None:
                 after_step()
             loop.step(losses)
+
+
+# --------------------------------------------------------------------------- appended for the baselines (issue 4)
+
+
+def random_wrong_labels(y: torch.Tensor, n_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random label different from ``y`` for every sample (Random Label, SalUn).
+
+    Drawn as ``(y + s) % n_classes`` with ``s`` uniform in ``1..n_classes-1``: uniform over the
+    wrong classes and never ``y`` itself (OPTML's RL code can draw the true label; we forbid it).
+    """
+    if n_classes < 2:
+        raise ValueError("random wrong labels need at least two classes")
+    gdev = generator.device if generator is not None else y.device
+    shift = torch.randint(1, n_classes, (len(y),), generator=generator, device=gdev).to(y.device)
+    return (y + shift) % n_classes
+
+
+def side_stream(loop: MethodLoop, idx: torch.Tensor, batch_size: int, salt: int = 1) -> EndlessBatches:
+    """An endless batch stream with its *own* seeded generator, so drawing from it never shifts
+    the main loop's shuffles (e.g. NegGrad+'s cycled forget loader next to the retain epochs)."""
+    gen = device_generator(loop.data.seed * 1000 + 17 + 7919 * salt, loop.data.device)
+    return EndlessBatches(idx, batch_size, gen)
+
+
+def tensor_ce_epochs(
+    model: nn.Module,
+    loop: MethodLoop,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    *,
+    loss_name: str = "ce",
+) -> None:
+    """Plain CE epochs over in-memory tensors ``x, y`` that are not part of D (e.g. UNSIR's noise
+    mixed with a retain subset); shuffled with the loop's generator, no augmentation."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    every = torch.arange(len(x), device=x.device)
+    for _ in range(epochs):
+        for b in loop.batches(every, batch_size):
+            loss = F.cross_entropy(model(x[b]), y[b])
+            optimizer_step(opt, loss, params)
+            loop.step({loss_name: loss})
+
+
+def gradient_statistics(
+    model: nn.Module,
+    loop: MethodLoop,
+    idx: torch.Tensor,
+    batch_size: int,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mean: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per-parameter sum (or mean, ``mean=True``) over mini-batches of ``transform(grad)`` of
+    ``loss_fn(model, batch_indices)``, with the model in eval mode (no BN-statistics updates)
+    and no optimiser step. Used for SalUn's saliency and SSD's importances.
+
+    Batches run in index order (no shuffle), each through ``loop.step`` so progress and
+    cancellation work. Gradients are cleared afterwards; the weights are never changed.
+    """
+    was_training = model.training
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    acc = {n: torch.zeros_like(p) for n, p in named}
+    batches = loop.batches(idx, batch_size, shuffle=False)
+    try:
+        for b in batches:
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model, b)
+            loss.backward()
+            for n, p in named:
+                if p.grad is not None:
+                    acc[n] += p.grad if transform is None else transform(p.grad)
+            loop.step({"stat_loss": loss})
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if mean and batches:
+        for n in acc:
+            acc[n] /= len(batches)
+    return acc
+
