@@ -155,11 +155,18 @@ def _experiment_config(args, seed: int):
     from .methods import parse_param_overrides
 
     params = parse_param_overrides(args.param)
-    return ExperimentConfig(
+    cfg = ExperimentConfig(
         dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), seed=seed, model=args.model,
         recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
         eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
     ).resolved()
+    if not cfg.download:
+        # Fail before any progress line is printed: missing data is then exactly one error line.
+        from .datasets import load_dataset, locate
+
+        if locate(cfg.dataset, cfg.data_root) is None:
+            load_dataset(cfg.dataset, cfg.data_root, download=False)  # raises DataNotFoundError
+    return cfg
 
 
 def cmd_run(args) -> int:

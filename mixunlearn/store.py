@@ -179,23 +179,33 @@ class RunStore:
         row = self._row(run_id)
         if row["status"] != "running":
             raise StoreError(f"run {run_id} is {row['status']}, not running; it cannot be committed")
+        for name in files or {}:
+            if not name or "/" in name or "\\" in name or name.startswith(".") or name == "results.json":
+                raise ValueError(f"bad file name {name!r}")
         partial = self.runs_dir / f"{run_id}.partial"
         final = self.runs_dir / run_id
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        if tensors:
-            state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-            save_file(state, str(partial / "tensors.safetensors"))
-        for name, content in (files or {}).items():
-            if "/" in name or name.startswith("."):
-                raise ValueError(f"bad file name {name!r}")
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(partial / name, mode) as fh:
-                fh.write(content)
-        (partial / "results.json").write_text(json.dumps(results, default=str))
-        _fsync_dir(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            if tensors:
+                state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+                save_file(state, str(partial / "tensors.safetensors"))
+            for name, content in (files or {}).items():
+                mode = "wb" if isinstance(content, bytes) else "w"
+                with open(partial / name, mode) as fh:
+                    fh.write(content)
+            (partial / "results.json").write_text(json.dumps(results, default=str))
+            _fsync_dir(partial)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+        except OSError as exc:
+            # A cancel (or recover) meanwhile removes the partial folder: say so, not "file not found".
+            status = self._row(run_id)["status"]
+            if status != "running":
+                shutil.rmtree(partial, ignore_errors=True)
+                raise StoreError(f"run {run_id} became {status} while it was being committed; "
+                                 "it is not stored as complete") from exc
+            raise
         with self._transaction() as con:
             # Only a run that is still running becomes complete: a cancel or a recover() that
             # happened while the files were written wins, and the files go away again.

@@ -1,0 +1,250 @@
+"""The command line: `list`, `run` and its results.json contract (DESIGN.md), the issue's acceptance
+run with cache reuse, `bench`, and bad arguments (one line on stderr, exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixunlearn.cli import format_summary, main
+from mixunlearn.methods import method_names
+from mixunlearn.metrics import accuracy, predict_logits
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_METRICS = ("test_r", "test_f", "train_r", "train_f", "test", "asr", "mia_efficacy")
+
+
+def run_cli(args, env=None, timeout=600):
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "mixunlearn", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+
+
+def in_process(args, capsys):
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def strict_json(path: Path) -> dict:
+    """Parse results.json refusing NaN / Infinity tokens (the file must be strict JSON)."""
+    def refuse(token):
+        raise AssertionError(f"results.json contains {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture
+def warm_home(tmp_path, session_cache, digits_class3, monkeypatch):
+    """A MIXUNLEARN_HOME whose model cache is the session's (digits originals and Retrains)."""
+    home = tmp_path / "warm_home"
+    home.mkdir()
+    (home / "models").symlink_to(session_cache.root, target_is_directory=True)
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(home))
+    return home
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_names_datasets_models_and_every_method():
+    res = run_cli(["list"])
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for section in ("Datasets:", "Models:", "Recipes:", "Methods:"):
+        assert section in out
+    for name in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn", "digits_cnn", "cnn2", "resnet18"):
+        assert f"  {name} " in out
+    methods_part = out.split("Methods:")[1]
+    for name in method_names():
+        assert f"  {name} " in methods_part
+    assert "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- run: contract and acceptance
+
+
+def _check_contract(results: dict, methods: tuple[str, ...]) -> None:
+    cfg = results["config"]
+    for key in ("dataset", "forget", "methods", "seed", "model", "recipe", "params", "eval_split"):
+        assert key in cfg
+    assert list(results["methods"]) == list(methods)  # Retrain first
+    for name, rec in results["methods"].items():
+        m = rec["metrics"]
+        for key in CONTRACT_METRICS:
+            assert isinstance(m[key], float) and 0.0 <= m[key] <= 100.0, (name, key, m.get(key))
+        assert isinstance(rec["seconds"], float) and rec["seconds"] >= 0
+        if name != "retrain":
+            assert isinstance(rec["gap_to_retrain"], float) and rec["gap_to_retrain"] >= 0
+
+
+def test_run_acceptance_and_cache_reuse(warm_home, digits_class3, tmp_path, capsys):
+    args = ["run", "--dataset", "digits", "--forget", "class:3", "--methods", "retrain,finetune,neggrad",
+            "--seed", "0"]
+    first = run_cli(args + ["--out", str(tmp_path / "a")], env={"MIXUNLEARN_HOME": str(warm_home)})
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "wrote" in first.stdout and "Traceback" not in first.stderr
+    a = strict_json(tmp_path / "a" / "results.json")
+    _check_contract(a, ("retrain", "finetune", "neggrad"))
+    retrain, original = a["methods"]["retrain"]["metrics"], a["original"]["metrics"]
+    assert retrain["test_f"] == 0.0 and retrain["test_r"] >= 95.0
+    assert original["test"] >= 97.0
+    assert a["config"]["forget"] == "class:3" and a["config"]["seed"] == 0 and a["config"]["model"] == "digits_cnn"
+    # The numbers are those of the cached models themselves.
+    data, orig_model, _ = digits_class3
+    assert original["test"] == pytest.approx(accuracy(predict_logits(orig_model, data.x_test), data.y_test), abs=1e-3)
+    # A second identical run (in-process) says it reuses both models and gives identical metrics.
+    rc, out, err = in_process(args + ["--out", str(tmp_path / "b")], capsys)
+    assert rc == 0, err
+    assert "reusing cached original" in err and "reusing cached retrain" in err
+    b = strict_json(tmp_path / "b" / "results.json")
+    for name in a["methods"]:
+        assert b["methods"][name]["metrics"] == a["methods"][name]["metrics"], name
+        assert b["methods"][name].get("gap_to_retrain") == a["methods"][name].get("gap_to_retrain")
+    assert b["original"]["metrics"] == original
+    assert b["methods"]["retrain"]["cached"] and b["original"]["cached"]
+    assert b["config"] == a["config"]
+
+
+def test_run_data_level_store_and_no_attacks(warm_home, digits_data_level, tmp_path, capsys):
+    from mixunlearn.store import RunStore
+
+    rc, out, err = in_process(["run", "--forget", "data:5-9:0.4", "--methods", "retrain", "--no-attacks",
+                               "--store", "--quiet", "--out", str(tmp_path / "d")], capsys)
+    assert rc == 0, err
+    res = strict_json(tmp_path / "d" / "results.json")
+    assert res["info"]["level"] == "data" and res["config"]["attacks"] is False
+    m = res["methods"]["retrain"]["metrics"]
+    assert "asr" not in m and "mia_efficacy" not in m
+    assert 0.0 <= m["train_f"] <= 100.0 and m["train_r"] >= 95.0
+    runs = RunStore().list_runs()
+    assert len(runs) == 1 and runs[0].results == res and "stored as run" in out
+
+
+def test_bench_writes_tables(warm_home, digits_class3, tmp_path, capsys):
+    rc, out, err = in_process(["bench", "--methods", "retrain", "--seeds", "0", "--no-attacks", "--quiet",
+                               "--out", str(tmp_path / "bench")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "bench" / "table.csv").is_file()
+    md = (tmp_path / "bench" / "table.md").read_text()
+    assert "| retrain |" in md and "seeds 0" in md
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- NaN never reaches results.json
+
+
+def test_results_json_turns_nan_into_null(tmp_path):
+    from mixunlearn.experiment import ExperimentConfig, ExperimentResult, MethodRecord
+
+    nan = float("nan")
+    rec = MethodRecord("finetune", "FT", "aware", "done", {"test_r": 90.0, "test_f": nan, "asr": float("inf")},
+                       seconds=nan, gap_to_retrain=nan, config={"lr": 0.01, "odd": (1, 2)})
+    base = MethodRecord("retrain", "Retrain", "aware", "done", {"test_r": 95.0, "test_f": 0.0}, 1.0, 0.0)
+    result = ExperimentResult(ExperimentConfig(), base, {"retrain": base, "finetune": rec},
+                              info={"level": "class", "metric_set": ["test_r", "test_f", "asr"], "x": nan})
+    path = result.write(tmp_path)
+    doc = strict_json(path)
+    ft = doc["methods"]["finetune"]
+    assert ft["metrics"] == {"test_r": 90.0, "test_f": None, "asr": None}
+    assert ft["seconds"] is None and ft["gap_to_retrain"] is None and doc["info"]["x"] is None
+    assert ft["config"]["odd"] == [1, 2]
+    text = format_summary(doc)  # a null metric prints as n/a instead of crashing
+    assert "n/a" in text and "finetune" in text
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+BAD = [
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; known: digits"),
+    (["run", "--methods", "retrain,forgetful"], "unknown method 'forgetful'; known:"),
+    (["run", "--model", "vgg16"], "unknown model 'vgg16'; known:"),
+    (["run", "--model", "resnet18"], "does not fit"),
+    (["run", "--forget", "class:10"], "0..9"),
+    (["run", "--forget", "class:-1"], "0..9"),
+    (["run", "--forget", "data:5-9:0"], "(0, 1)"),
+    (["run", "--forget", "data:5-9:1"], "(0, 1)"),
+    (["run", "--forget", "data:5-9:abc"], "not a number"),
+    (["run", "--forget", "everything"], "class:K"),
+    (["run", "--param", "finetune.lr"], "METHOD.FIELD=VALUE"),
+    (["run", "--param", "finetune.learning_rate=0.1"], "unknown parameter 'learning_rate'"),
+    (["run", "--param", "finetune.lr=fast"], "must be a number"),
+    (["run", "--param", "finetune.lr=5"], "above its maximum"),
+    (["run", "--methods", "retrain,finetune", "--param", "neggrad.lr=0.001"], "not in the run"),
+    (["run", "--param", "retrain.epochs=3"], "Retrain is the cached oracle"),
+    (["run", "--seed", "1.5"], "seed must be a non-negative integer"),
+    (["run", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["run", "--seed", "abc"], "seed must be a non-negative integer"),
+    (["bench", "--seeds", "0,x"], "seed must be a non-negative integer"),
+    (["run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--methods", ","], "no method given"),
+    (["run", "--eval-split", "train"], "invalid choice"),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) or "nothing" for a, _ in BAD])
+def test_bad_arguments_one_line_exit_2(args, message, capsys, tmp_path):
+    rc, out, err = in_process(args + (["--out", str(tmp_path / "o")] if args[:1] == ["run"] else []), capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_missing_data_folder_without_download(tmp_path, capsys):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    rc, out, err = in_process(["run", "--dataset", "mnist", "--data-root", str(empty), "--no-download",
+                               "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "Dataset 'mnist' not found" in lines[0] and str(empty) in lines[0] and "--data-root" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--methods", "retrain,forgetful"], "unknown method 'forgetful'"),
+    (["run", "--seed", "x"], "seed must be a non-negative integer"),
+])
+def test_bad_arguments_in_a_real_process(args, message, tmp_path):
+    res = run_cli(args + ["--out", str(tmp_path / "o")], env={"MIXUNLEARN_HOME": str(tmp_path / "h")}, timeout=300)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_internal_errors_are_one_line_too(monkeypatch, capsys):
+    import mixunlearn.cli as cli
+
+    def boom(args):
+        raise KeyError("something broke")
+
+    monkeypatch.setattr(cli, "cmd_list", lambda: boom(None))
+    monkeypatch.delenv("MIXUNLEARN_DEBUG", raising=False)
+    rc, out, err = in_process(["list"], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "internal error (KeyError)" in err
+    monkeypatch.setenv("MIXUNLEARN_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["list"])
+
+
+def test_format_summary_is_resilient():
+    doc = {"info": {"level": "class", "metric_set": ["test_r", "test_f", "asr"]},
+           "original": {"metrics": {"test_r": 99.0, "test_f": None, "asr": 50.0}, "seconds": 1.0, "cached": True},
+           "methods": {"retrain": {"metrics": {"test_r": 98.0, "test_f": 0.0}, "seconds": None, "gap_to_retrain": 0.0},
+                       "bad": {"status": "failed", "error": "NaN at step 3", "metrics": {}, "seconds": 0.0}}}
+    text = format_summary(doc)
+    assert "FAILED: NaN at step 3" in text and "(cached)" in text and text.count("n/a") >= 2
