@@ -1,0 +1,141 @@
+"""MixBlock and the mixers (METHOD.md §3; acceptance properties 1-4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixunlearn.generator import MixBlock, check_finite, mix_images, mixblock_param_count, vanilla_mask, vanilla_mix
+from mixunlearn.models import build_model
+
+
+def _feats(n=6, c=32, h=4, w=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(n, c, h, w, generator=g)), torch.relu(torch.randn(n, c, h, w, generator=g))
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+@pytest.mark.parametrize("lam_concat", [True, False])
+def test_property_1_mask_shape_range_sum_and_init(upsample, lam_concat):
+    torch.manual_seed(0)
+    block = MixBlock(32, lam_concat=lam_concat, upsample=upsample)
+    z_i, z_j = _feats(c=32, h=7, w=7)
+    m = block(z_i, z_j, 0.3, (28, 28)).detach()
+    assert m.shape == (6, 2, 28, 28)
+    assert m.dtype == torch.float32
+    assert bool((m >= 0).all()) and bool((m <= 1).all())
+    assert torch.allclose(m.sum(1), torch.ones(6, 28, 28), atol=1e-6)
+    assert float((m - 0.5).abs().max()) < 0.05  # N(0, 0.01²) init: a near-uniform 50/50 mask
+
+
+def test_property_1_mask_at_trained_scale_still_valid():
+    torch.manual_seed(1)
+    block = MixBlock(16)
+    block.reset_parameters(std=1.0)
+    z_i, z_j = _feats(c=16, h=4, w=4, seed=2)
+    m = block(z_i, z_j, torch.tensor(0.8), (8, 8)).detach()
+    assert bool((m >= 0).all()) and bool((m <= 1).all())
+    assert torch.allclose(m.sum(1), torch.ones(6, 8, 8), atol=1e-6)
+    assert float((m - 0.5).abs().max()) > 0.05  # with big weights the mask is not flat any more
+
+
+def test_mixblock_reads_model_feature_maps():
+    """The feature map each model exposes has the size METHOD.md §3.5 names, and MixBlock accepts it."""
+    for name, size, (c, h) in [("digits_cnn", 8, (32, 4)), ("cnn2", 28, (32, 7))]:
+        model = build_model(name, seed=0).eval()
+        z = model.mix_feature_map(torch.rand(3, 1, size, size))
+        assert tuple(z.shape[1:]) == (c, h, h)
+        m = MixBlock(c)(z, z.flip(0), 0.5, (size, size))
+        assert m.shape == (3, 2, size, size)
+
+
+def test_property_2_convex_mix():
+    g = torch.Generator().manual_seed(3)
+    x_i, x_j = torch.rand(5, 3, 8, 8, generator=g), torch.rand(5, 3, 8, 8, generator=g)
+    torch.manual_seed(3)
+    block = MixBlock(16)
+    block.reset_parameters(std=1.0)  # a far-from-uniform mask
+    z_i, z_j = _feats(n=5, c=16, seed=4)
+    mask = block(z_i, z_j, 0.5, (8, 8)).detach()
+    mixed = mix_images(x_i, x_j, mask)
+    lo, hi = torch.minimum(x_i, x_j), torch.maximum(x_i, x_j)
+    assert bool((mixed >= lo - 1e-7).all()) and bool((mixed <= hi + 1e-7).all())
+    # The written form x_i ⊙ M0 + x_j ⊙ M1, with the mask broadcast over colour channels.
+    assert torch.allclose(mixed, x_i * mask[:, :1] + x_j * mask[:, 1:], atol=1e-6)
+    # x_i = x_j gives x_i back.
+    assert torch.equal(mix_images(x_i, x_i, mask), x_i)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 0.75, 1.0])
+def test_property_2_vanilla_mixer(lam):
+    g = torch.Generator().manual_seed(5)
+    x_i, x_j = torch.rand(4, 1, 8, 8, generator=g), torch.rand(4, 1, 8, 8, generator=g)
+    expected = lam * x_i + (1 - lam) * x_j
+    assert torch.allclose(vanilla_mix(x_i, x_j, lam), expected, atol=1e-6)
+    mask = vanilla_mask(lam, 4, (8, 8))
+    assert mask.shape == (4, 2, 8, 8)
+    assert torch.allclose(mix_images(x_i, x_j, mask), expected, atol=1e-6)
+    # Per-sample λ.
+    lams = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    per = lams.view(4, 1, 1, 1) * x_i + (1 - lams.view(4, 1, 1, 1)) * x_j
+    assert torch.allclose(vanilla_mix(x_i, x_j, lams), per, atol=1e-6)
+
+
+@pytest.mark.parametrize("c,off,on", [(256, 66_049, 66_306), (32, 1_089, 1_122)])
+def test_property_3_parameter_counts(c, off, on):
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(MixBlock(c, lam_concat=False)) == off
+    assert count(MixBlock(c, lam_concat=True)) == on
+    assert mixblock_param_count(c, False) == off and mixblock_param_count(c, True) == on
+
+
+def test_property_4_lambda_is_an_input_only_with_lam_concat():
+    z_i, z_j = _feats(c=32, seed=6)
+    torch.manual_seed(7)
+    on = MixBlock(32, lam_concat=True)
+    on.reset_parameters(std=1.0)
+    m1, m2 = on(z_i, z_j, 0.1, (8, 8)).detach(), on(z_i, z_j, 0.9, (8, 8)).detach()
+    assert float((m1 - m2).abs().max()) > 1e-3
+    torch.manual_seed(7)
+    off = MixBlock(32, lam_concat=False)
+    off.reset_parameters(std=1.0)
+    assert torch.equal(off(z_i, z_j, 0.1, (8, 8)), off(z_i, z_j, 0.9, (8, 8)))
+    # A per-sample λ equals the per-batch λ for every sample.
+    lam = torch.full((6,), 0.9)
+    assert torch.allclose(on(z_i, z_j, lam, (8, 8)), m2, atol=1e-6)
+
+
+def test_mask_gradient_reaches_generator_only_through_mask():
+    torch.manual_seed(8)
+    block = MixBlock(16)
+    z_i, z_j = _feats(c=16, seed=9)
+    x_i, x_j = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    mix_images(x_i, x_j, block(z_i, z_j, 0.5, (8, 8))).sum().backward()
+    assert all(p.grad is not None for p in block.parameters())
+    assert float(block.value.weight.grad.abs().sum()) > 0
+
+
+def test_nonfinite_features_are_reported_not_patched():
+    block = MixBlock(16)
+    z_i, z_j = _feats(c=16, seed=10)
+    z_i[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        block(z_i, z_j, 0.5, (8, 8))
+    with pytest.raises(FloatingPointError):
+        check_finite(torch.tensor([1.0, float("inf")]), "x")
+
+
+def test_attention_stays_float32_under_autocast():
+    block = MixBlock(16)
+    z_i, z_j = _feats(c=16, seed=11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m = block(z_i.bfloat16(), z_j.bfloat16(), 0.5, (8, 8))
+    assert m.dtype == torch.float32
+    assert torch.allclose(m.sum(1), torch.ones(6, 8, 8), atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        MixBlock(16, upsample="bicubic")
+    with pytest.raises(ValueError):
+        MixBlock(16)(*_feats(c=16), torch.ones(3), (8, 8))
