@@ -147,6 +147,11 @@ class RunStore:
                 for v in range(version, SCHEMA_VERSION):
                     _MIGRATIONS[v](con)
                     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v + 1),))
+                # Additive column (older readers ignore it): which incarnation of ``pid`` owns a run,
+                # so a restarted app that got the same pid (containers) still recovers its dead runs.
+                columns = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+                if "owner" not in columns:
+                    con.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -159,10 +164,11 @@ class RunStore:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self._transaction() as con:
             con.execute(
-                "INSERT INTO runs (id, created, status, label, dataset, forget, seed, pid, config) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (id, created, status, label, dataset, forget, seed, pid, owner, config) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, time.time(), label, str(config.get("dataset", "")), str(config.get("forget", "")),
-                 config.get("seed"), os.getpid(), json.dumps(config, default=str)),
+                 config.get("seed"), os.getpid(), _process_identity(os.getpid()) or "",
+                 json.dumps(config, default=str)),
             )
         return run_id
 
@@ -240,8 +246,8 @@ class RunStore:
         """Mark ``running`` runs whose process is gone as ``interrupted``; returns their ids."""
         stale = []
         with self._transaction() as con:
-            for row in con.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall():
-                if row["pid"] is None or not _pid_alive(int(row["pid"])):
+            for row in con.execute("SELECT id, pid, owner FROM runs WHERE status = 'running'").fetchall():
+                if row["pid"] is None or not _owner_alive(int(row["pid"]), row["owner"]):
                     stale.append(row["id"])
                     con.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE id = ?",
                                 (time.time(), row["id"]))
@@ -352,6 +358,31 @@ def _migrate_0_to_1(con: sqlite3.Connection) -> None:  # pragma: no cover - no v
 
 
 _MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def _process_identity(pid: int) -> str | None:
+    """``boot id:start time`` of process ``pid`` (Linux), which a reused pid does not share; None
+    where /proc is not available."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        with open(f"/proc/{pid}/stat") as fh:
+            start = fh.read().rsplit(")", 1)[1].split()[19]  # field 22: start time after boot
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def _owner_alive(pid: int, owner: str | None) -> bool:
+    """Is the process that began a run still running? A pid that now belongs to another process
+    (another boot, or a restarted container whose app got the same pid) does not count."""
+    if not _pid_alive(pid):
+        return False
+    if owner:
+        current = _process_identity(pid)
+        if current is not None and current != owner:
+            return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:

@@ -165,13 +165,42 @@ def test_recover_leaves_live_runs_alone(tmp_path):
     assert store.recover() == []
 
 
+def test_reused_pid_of_another_process_incarnation_is_dead(tmp_path):
+    # A restarted app (e.g. in a container) can get the pid of the process that began a run.
+    store = RunStore(tmp_path)
+    run_id = store.begin(CONFIG)
+    mine = store.begin(CONFIG)
+    with sqlite3.connect(store.db_path) as con:
+        con.execute("UPDATE runs SET owner = 'another-boot:123' WHERE id = ?", (run_id,))
+    assert store.recover() == [run_id]
+    assert store.get(mine).status == "running"
+
+
+def test_store_of_the_first_layout_gains_the_owner_column(tmp_path):
+    import mixunlearn.store as st
+
+    with sqlite3.connect(tmp_path / "index.sqlite") as con:
+        con.executescript(st._SCHEMA)
+        con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        con.execute("INSERT INTO runs (id, created, status, pid, config) VALUES ('old', 1.0, 'running', ?, '{}')",
+                    (2**22 + 12345,))  # a pid that does not exist
+    store = RunStore(tmp_path)
+    assert store.recover() == ["old"] and store.get("old").status == "interrupted"
+    run_id = store.begin(CONFIG)
+    store.commit(run_id, results())
+    assert [r.id for r in store.list_runs()] == [run_id]
+
+
 def test_zombie_writer_counts_as_dead(tmp_path):
     store = RunStore(tmp_path)
     run_id = store.begin(CONFIG)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        from mixunlearn.store import _process_identity
+
         with sqlite3.connect(store.db_path) as con:
-            con.execute("UPDATE runs SET pid = ? WHERE id = ?", (child.pid, run_id))
+            con.execute("UPDATE runs SET pid = ?, owner = ? WHERE id = ?",
+                        (child.pid, _process_identity(child.pid) or "", run_id))
         assert store.recover() == []  # alive
         child.kill()
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead but not reaped: a zombie
