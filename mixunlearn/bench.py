@@ -20,9 +20,10 @@ def summarise(results: Sequence[dict]) -> list[dict]:
     per_method = {n: [r["methods"][n] for r in results if r["methods"].get(n, {}).get("status") == "done"]
                   for n in names}
     stats = {n: mean_std([rec["metrics"] for rec in recs]) for n, recs in per_method.items() if recs}
-    secs = {n: [rec["seconds"] for rec in recs] for n, recs in per_method.items()}
+    # results.json writes null for a time or metric that could not be measured.
+    secs = {n: [rec["seconds"] for rec in recs if rec.get("seconds") is not None] for n, recs in per_method.items()}
     retrain_means = {k: v[0] for k, v in stats["retrain"].items()}
-    retrain_secs = sum(secs["retrain"]) / len(secs["retrain"])
+    retrain_secs = _mean(secs["retrain"])
     rows = []
     for n in names:
         if n not in stats:
@@ -36,10 +37,15 @@ def summarise(results: Sequence[dict]) -> list[dict]:
                 row[k] = stats[n][k][0]
                 row[k + "_std"] = stats[n][k][1]
         row["gap_to_retrain"] = gap_to_retrain(means, retrain_means, level) if "asr" in means else None
-        row["seconds"] = sum(secs[n]) / len(secs[n])
-        row["time_ratio_to_retrain"] = row["seconds"] / retrain_secs if retrain_secs > 0 else None
+        row["seconds"] = _mean(secs[n])
+        row["time_ratio_to_retrain"] = (row["seconds"] / retrain_secs
+                                        if row["seconds"] is not None and retrain_secs else None)
         rows.append(row)
     return rows
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def to_markdown(rows: list[dict], level: str, title: str = "") -> str:
@@ -56,8 +62,9 @@ def to_markdown(rows: list[dict], level: str, title: str = "") -> str:
         gap = f"{r['gap_to_retrain']:.2f}" if r.get("gap_to_retrain") is not None else "–"
         ratio = f"{r['time_ratio_to_retrain']:.3f}" if r.get("time_ratio_to_retrain") is not None else "–"
         fails = "" if r["seeds_ok"] == r["seeds"] else f" ({r['seeds_ok']}/{r['seeds']} seeds)"
+        secs = f"{r['seconds']:.2f}" if r.get("seconds") is not None else "–"
         lines.append("| " + " | ".join([r["method"] + fails] + [cell(k) for k in main]
-                                       + [gap, f"{r['seconds']:.2f}", ratio] + [cell(k) for k in extra]) + " |")
+                                       + [gap, secs, ratio] + [cell(k) for k in extra]) + " |")
     return "\n".join(lines)
 
 

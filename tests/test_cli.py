@@ -248,3 +248,57 @@ def test_format_summary_is_resilient():
                        "bad": {"status": "failed", "error": "NaN at step 3", "metrics": {}, "seconds": 0.0}}}
     text = format_summary(doc)
     assert "FAILED: NaN at step 3" in text and "(cached)" in text and text.count("n/a") >= 2
+
+
+# --------------------------------------------------------------------------- ExperimentConfig and bench tables
+
+
+def test_experiment_config_resolved_validation():
+    import numpy as np
+
+    from mixunlearn.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig(methods="finetune, neggrad,finetune", seed=np.int64(2)).resolved()
+    assert cfg.methods == ("retrain", "finetune", "neggrad") and cfg.seed == 2 and type(cfg.seed) is int
+    assert cfg.model == "digits_cnn" and cfg.recipe == "digits" and cfg.forget == "class:3"
+    assert ExperimentConfig(forget="data:5,6,7,8,9:0.40").resolved().forget == "data:5-9:0.4"
+    for bad, message in [
+        ({"seed": True}, "non-negative integer"), ({"seed": "0"}, "non-negative integer"),
+        ({"seed": -3}, "non-negative integer"), ({"seed": 1.0}, "non-negative integer"),
+        ({"methods": ()}, "no method given"), ({"methods": (1, 2)}, "names"),
+        ({"methods": ("unsir",), "forget": "data:5-9:0.4"}, "does not support data-level"),
+        ({"params": {"neggrad": {"lr": "0.1"}}, "methods": ("finetune",)}, "not in the run"),
+        ({"params": {"finetune": {"lr": "9"}}}, "above its maximum"),
+        ({"params": {"finetune": 3}}, "must map field names"),
+        ({"params": {"retrain": {"epochs": 2}}}, "cached oracle"),
+        ({"eval_split": "train"}, "'test' or 'val'"),
+        ({"device": "gpu"}, "unknown device"),
+        ({"recipe": "fast"}, "unknown recipe"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ExperimentConfig(**bad).resolved()
+    again = ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown experiment field"):
+        ExperimentConfig.from_dict({"datset": "digits"})
+
+
+def test_bench_summary_tolerates_null_values():
+    from mixunlearn.bench import summarise, to_markdown
+
+    def res(seed, asr, secs):
+        return {"config": {"seed": seed}, "info": {"level": "class"},
+                "methods": {"retrain": {"status": "done", "labels": "aware", "seconds": 2.0,
+                                        "metrics": {"test_r": 98.0, "test_f": 0.0, "asr": 30.0}},
+                            "ft": {"status": "done", "labels": "aware", "seconds": secs,
+                                   "metrics": {"test_r": 96.0 + seed, "test_f": None, "asr": asr}},
+                            "bad": {"status": "failed", "metrics": {}, "seconds": 0.0}}}
+
+    rows = summarise([res(0, 40.0, 1.0), res(2, 50.0, None)])
+    ft = {r["method"]: r for r in rows}["ft"]
+    assert ft["test_r"] == pytest.approx(97.0) and ft["test_r_std"] == pytest.approx(2 ** 0.5)
+    assert ft["asr"] == pytest.approx(45.0) and ft["seconds"] == pytest.approx(1.0)
+    assert ft["time_ratio_to_retrain"] == pytest.approx(0.5)
+    assert {r["method"]: r for r in rows}["bad"]["seeds_ok"] == 0
+    md = to_markdown(rows, "class", "t")
+    assert "| ft |" in md and "failed on every seed" in md
