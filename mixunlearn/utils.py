@@ -27,9 +27,17 @@ def resolve_device(name: str | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda"):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N, mps") from None
+        if device.type != "cuda":
+            raise ValueError(f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N, mps")
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
-        return torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return device
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():

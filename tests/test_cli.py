@@ -187,6 +187,7 @@ BAD = [
     (["run", "--seed", "abc"], "seed must be a non-negative integer"),
     (["bench", "--seeds", "0,x"], "seed must be a non-negative integer"),
     (["run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--device", "cuda:abc"], "unknown device 'cuda:abc'"),
     (["run", "--methods", ","], "no method given"),
     (["run", "--eval-split", "train"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
