@@ -6,7 +6,7 @@ A method file holds only what is specific to its method; everything repeated liv
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -194,3 +194,37 @@ def gradient_statistics(
             acc[n] /= len(batches)
     return acc
 
+
+# --------------------------------------------------------------------------- appended for the baselines, part 2
+
+
+def paired_batches(
+    loop: MethodLoop, forget_idx: torch.Tensor, retain_idx: torch.Tensor, batch_size: int, epochs: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(epoch, forget_batch, retain_batch)`` with one epoch = one shuffled pass over D_f.
+
+    Each forget batch is paired with the next batch of an endless reshuffled retain stream, cut (or
+    topped up from the stream) to the same length, so forget and retain batches always have equal
+    sizes (LAF, RandLabel, L-Mix; LAF's reference zips the two loaders, so it too takes one retain
+    batch per forget batch).
+    """
+    retain = loop.stream(retain_idx, batch_size)
+    for epoch in range(epochs):
+        for b_f in loop.batches(forget_idx, batch_size):
+            b_r = next(retain)
+            while len(b_r) < len(b_f):  # the stream's last batch of a reshuffle can be short
+                b_r = torch.cat([b_r, next(retain)])
+            yield epoch, b_f, b_r[: len(b_f)]
+
+
+def paired_steps(n_forget: int, batch_size: int, epochs: int) -> int:
+    """Number of pairs :func:`paired_batches` yields (for progress totals)."""
+    return epochs * steps_per_epoch(n_forget, batch_size)
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Batch-mean ``KL(teacher ‖ softmax(student_logits / T))`` (no ``T²`` factor: callers that
+    want Hinton's scaling multiply it in). ``teacher_probs`` are probabilities, already at
+    temperature ``T`` when the teacher is a network."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, teacher_probs.float(), reduction="batchmean")
