@@ -175,13 +175,18 @@ def cmd_run(args) -> int:
 
     cfg = _experiment_config(args, args.seed)
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.forget.replace(':', '_')}-seed{cfg.seed}")
+    if out.exists() and not out.is_dir():  # found out before the run, not after it
+        raise ValueError(f"--out {out} exists and is not a folder")
     progress = TqdmProgress(enabled=not args.quiet)
     store = RunStore() if args.store else None
     run_id = store.begin(cfg.to_dict()) if store else None
     try:
         result = run_experiment(cfg, callbacks=[progress])
-    except BaseException as exc:
+        path = result.write(out)
         if store:
+            store.commit(run_id, result.to_json())
+    except BaseException as exc:
+        if store:  # never left "running"; a run already committed stays complete
             from .progress import RunCancelled
 
             status = "cancelled" if isinstance(exc, (RunCancelled, KeyboardInterrupt)) else "failed"
@@ -189,9 +194,6 @@ def cmd_run(args) -> int:
         raise
     finally:
         progress.close()
-    path = result.write(out)
-    if store:
-        store.commit(run_id, result.to_json())
     print(format_summary(result.to_json()))
     print(f"wrote {path}" + (f"; stored as run {run_id}" if store else ""))
     return 0
@@ -223,6 +225,8 @@ def cmd_bench(args) -> int:
 
     cfgs = [_experiment_config(args, s) for s in args.seeds]
     out = Path(args.out or f"runs/bench-{cfgs[0].dataset}-{cfgs[0].forget.replace(':', '_')}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     progress = TqdmProgress(enabled=not args.quiet)
     try:
         table = run_bench(cfgs, out, callbacks=[progress])

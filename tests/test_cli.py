@@ -303,3 +303,28 @@ def test_bench_summary_tolerates_null_values():
     assert {r["method"]: r for r in rows}["bad"]["seeds_ok"] == 0
     md = to_markdown(rows, "class", "t")
     assert "| ft |" in md and "failed on every seed" in md
+
+
+def test_out_that_is_a_file_fails_before_the_run(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    rc, out, err = in_process(["run", "--methods", "retrain", "--out", str(target)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "is not a folder" in err
+    assert "[experiment]" not in err  # refused before any work started
+
+
+@pytest.mark.parametrize("exc, rc, status", [("value", 2, "failed"), ("cancel", 130, "cancelled")])
+def test_stored_run_that_fails_or_is_cancelled_is_recorded_so(exc, rc, status, tmp_path, capsys, monkeypatch):
+    import mixunlearn.experiment as experiment
+    from mixunlearn.progress import RunCancelled
+    from mixunlearn.store import RunStore
+
+    def broken(cfg, callbacks=None, **kw):
+        raise ValueError("bad things") if exc == "value" else RunCancelled("stop")
+
+    monkeypatch.setattr(experiment, "run_experiment", broken)
+    code, out, err = in_process(["run", "--methods", "retrain", "--store", "--out", str(tmp_path / "o")], capsys)
+    assert code == rc and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    runs = RunStore().list_runs(status=None)
+    assert [r.status for r in runs] == [status]
+    assert not (tmp_path / "o").exists()
