@@ -441,3 +441,20 @@ def test_property_18_digits_smoke_default_budget(digits_class3, name):
     assert after < before
     assert after <= 5.0
     assert 10 <= len(res.extras["snapshots"]) <= 30
+
+
+def test_gpu_speed_script_cpu_path():
+    """bench/gpu_speed.py (run on a GPU later) works end to end on the CPU with tiny settings."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_speed.py"
+    spec = importlib.util.spec_from_file_location("gpu_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = mod.synthetic_task(20, torch.device("cpu"))
+    assert len(data.forget_idx) == 2
+    for name in ("mixunlearn", "finetune"):
+        row = mod.run_one(name, data, torch.device("cpu"), steps=1, warmup=1, amp=True)
+        assert row["steps_timed"] == 1 and row["steps_per_s"] > 0
+        assert row["peak_mem_mib"] is None and row["amp"] is False  # no CUDA here
