@@ -1,0 +1,107 @@
+"""MixUnlearn lab: the Streamlit app. Start it with ``streamlit run app.py``.
+
+This file is the entry point (navigation, shared sidebar) and the Home page. The other pages
+live in ``pages/``; Streamlit-aware helpers in ``ui/``; all logic in the ``mixunlearn`` library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from mixunlearn import jobs
+from ui import actions, state, widgets
+from ui.progress import show_job
+
+ROOT = Path(__file__).resolve().parent
+HOME_PICTURE = ROOT / "assets" / "home.png"
+
+
+def home() -> None:
+    st.title("MixUnlearn lab")
+    st.caption("Machine unlearning you can run, watch and compare — on a laptop, offline.")
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(
+            "**Machine unlearning** removes the influence of some training data — the *forget set* "
+            "D_f, say every image of one class — from a model that was trained on it, so that the result "
+            "behaves like a model trained only on the rest, the *retain set* D_r. Retraining from scratch "
+            "on D_r (**Retrain**) does exactly that and is the yardstick of every number here, but it "
+            "costs a full training run; approximate methods start from the trained model instead and "
+            "must land as close to Retrain as they can, quickly."
+        )
+        st.markdown(
+            "**Catastrophic unlearning** is what goes wrong: pushing a model away from D_f also drags it "
+            "away from what it should keep, above all near the boundary between forgotten and retained "
+            "data, and its accuracy on D_r collapses. MixUnlearn (Peng, Tang & Yang, ICLR 2025) regularises "
+            "unlearning with *mixup*: a generator mixes forget and retain images adversarially into hard "
+            "samples on that boundary, and the model learns to keep the retained knowledge there. The "
+            "picture shows the idea on a 2-D toy (try it on the **Learn** page)."
+        )
+    with right:
+        if HOME_PICTURE.is_file():
+            st.image(str(HOME_PICTURE), caption="Forgetting the red-ringed blob: gradient ascent alone (middle) "
+                     "swings the boundary into a retained class; the same with mixup regularisation (right) "
+                     "stays close to Retrain.")
+
+    st.subheader("Run the default demo")
+    st.markdown(
+        f"Digits (8×8, ships with scikit-learn, works offline), forget class {jobs.DEMO_FORGET.split(':')[1]}, "
+        f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.demo_methods())}**. It trains the original model "
+        "and Retrain (cached afterwards), unlearns, scores everything against Retrain and prepares every page. "
+        "About a minute on two CPU cores."
+    )
+    running = actions.experiment_running()
+    if "mixunlearn" not in jobs.demo_methods():
+        st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
+                   "baselines only.")
+    if st.button("▶ Run the default demo", key="demo_button", type="primary", disabled=running,
+                 help="Runs in the background; you can move between pages while it runs."):
+        job = actions.start_experiment(jobs.demo_config(state.setup().get("device", "auto")), "Default demo")
+        if job is not None:
+            st.rerun()
+    job = show_job(state.K_EXPERIMENT_JOB, on_done=actions.select_finished_run)
+    if job is not None and job.view(with_history=False).state == jobs.DONE:
+        st.markdown("**Results are ready:**")
+        cols = st.columns(4)
+        for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
+            with col:
+                widgets.link(page)
+
+    st.subheader("Current experiment")
+    with widgets.guarded("the current experiment"):
+        s = state.setup()
+        st.markdown(f"Setup of this session: dataset **{s['dataset']}**, forget **{state.forget_spec_text(s)}**, "
+                    f"seed **{s['seed']}**, device **{s['device']}**. Change it on the **Setup** page.")
+        run_id = state.current_run_id()
+        if run_id is None:
+            st.info("No finished run yet: start the demo above, or go to Setup → Unlearn.")
+        else:
+            row, _ = state.load_run(run_id)
+            methods = ", ".join(k for k in (row.results or {}).get("methods", {}))
+            st.markdown(f"Run shown on the analysis pages: **{row.title}** — methods: {methods}.")
+            widgets.link("compare", "Open the comparison")
+
+
+def sidebar_status() -> None:
+    job = state.job(state.K_EXPERIMENT_JOB)
+    if job is None:
+        return
+    view = job.view(with_history=False)
+    if view.active:
+        st.sidebar.info(f"⚙️ {view.label} running ({view.elapsed:.0f} s): {view.message}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="MixUnlearn lab", page_icon="🧽", layout="wide")
+    nav = [st.Page(home, title="Home", icon="🏠", default=True, url_path="home")]
+    nav += [st.Page(path, title=title, icon=icon) for key, (path, title, icon) in widgets.PAGES.items()
+            if key != "home"]
+    page = st.navigation(nav)
+    widgets.HOME_PAGE = nav[0]
+    sidebar_status()
+    page.run()
+
+
+main()

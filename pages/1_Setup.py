@@ -1,0 +1,143 @@
+"""Setup: dataset, model, what to forget, seed, device; train or load the original and Retrain."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from mixunlearn import figures, jobs
+from mixunlearn.data import parse_forget_spec
+from mixunlearn.datasets import dataset_names, get_info, is_available, load_dataset
+from mixunlearn.experiment import ExperimentConfig
+from mixunlearn.models import MODELS
+from ui import actions, state, widgets
+from ui.progress import show_job
+
+
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
+def _dataset(name: str, data_root: str):
+    return load_dataset(name, data_root or None, download=False)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _split(name: str, data_root: str, spec: str, seed: int):
+    from mixunlearn.data import make_split
+
+    return make_split(_dataset(name, data_root), spec, seed)
+
+
+def _devices() -> list[str]:
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" if i else "cuda" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+st.title("Setup")
+st.caption("Choose the task. The original model and Retrain are trained once per (dataset, model, seed, "
+           "forget set) and cached; every later run reuses them.")
+s = state.setup()
+
+with widgets.guarded("the setup"):
+    data_root = st.text_input("Data folder (optional)", value=s.get("data_root", ""),
+                              help="Where dataset files are; empty: the default places (see the error text when "
+                                   "a dataset is missing). Digits needs none.", key="setup_data_root").strip()
+    names = dataset_names()
+    avail = {n: is_available(n, data_root or None) for n in names}
+    dataset = st.selectbox(
+        "Dataset", names, index=names.index(s["dataset"]) if s["dataset"] in names else 0,
+        format_func=lambda n: f"{get_info(n).title}" + ("" if avail[n] else " — files not found"),
+        key="setup_dataset",
+    )
+    info = get_info(dataset)
+    st.caption(info.description)
+    ok = avail[dataset]
+    if not ok:
+        st.error(f"The files of {info.title} are not on this machine. Put {info.files_hint} — or enter the "
+                 f"folder that holds them above. Digits always works offline.")
+
+    models = [m for m, e in MODELS.items() if e.input_size == info.size]
+    model = st.selectbox("Model", models, index=models.index(info.default_model) if info.default_model in models
+                         else 0, format_func=lambda m: f"{m} — {MODELS[m].summary}", key="setup_model")
+
+    kinds = {"class": "a whole class", "data": "a share of some classes (data-level)",
+             "noisy": "mislabelled samples (noisy labels)"}
+    kind = st.radio("What to forget", list(kinds), index=list(kinds).index(s["kind"]), format_func=kinds.get,
+                    horizontal=True, key="setup_kind")
+    class_labels = [f"{c}: {n}" for c, n in enumerate(info.class_names)]
+    if kind == "class":
+        current = s["classes"][0] if s["classes"] and s["classes"][0] < info.n_classes else 0
+        picked = st.selectbox("Class to forget", list(range(info.n_classes)), index=current,
+                              format_func=lambda c: class_labels[c], key="setup_class")
+        classes, fraction = [int(picked)], 1.0
+    else:
+        default = [c for c in s["classes"] if c < info.n_classes] or list(range(5, 10))
+        classes = st.multiselect("Classes", list(range(info.n_classes)), default=default,
+                                 format_func=lambda c: class_labels[c], key=f"setup_classes_{kind}")
+        fraction = st.slider("Share of each class" + (" relabelled" if kind == "noisy" else " forgotten"),
+                             0.05, 0.95, float(s.get("fraction", 0.4)), 0.05, key=f"setup_fraction_{kind}")
+    c1, c2 = st.columns(2)
+    with c1:
+        seed = int(st.number_input("Seed", min_value=0, max_value=10_000, value=int(s["seed"]), step=1,
+                                   key="setup_seed"))
+    with c2:
+        devices = _devices()
+        device = st.selectbox("Device", devices, index=devices.index(s["device"]) if s["device"] in devices else 0,
+                              help="auto: CUDA, then MPS, then CPU. GPU runs of all sessions queue for the GPU.",
+                              key="setup_device")
+    s.update({"dataset": dataset, "model": model, "kind": kind, "classes": sorted(int(c) for c in classes),
+              "fraction": float(fraction), "seed": seed, "device": device, "data_root": data_root})
+    spec_text = state.forget_spec_text(s)
+    spec_error = None
+    try:
+        parse_forget_spec(spec_text, info.n_classes)
+    except ValueError as exc:
+        spec_error = str(exc)
+        st.error(f"The forget set is not valid: {spec_error}")
+    st.markdown(f"Forget specification: `{spec_text}` (the same text works on the command line: "
+                f"`python -m mixunlearn run --dataset {dataset} --forget {spec_text} --seed {seed}`).")
+
+    if ok:
+        with widgets.guarded("the class samples"):
+            ds = _dataset(dataset, data_root)
+            g = torch.Generator().manual_seed(0)
+            samples = {}
+            for c in range(info.n_classes):
+                idx = torch.nonzero(ds.y_train == c).flatten()
+                samples[c] = ds.x_train[idx[torch.randperm(len(idx), generator=g)[:6]]]
+            with st.expander("Sample images per class", expanded=kind == "class"):
+                st.plotly_chart(figures.class_sample_grid(samples, info.class_names, highlight=classes),
+                                key="class_samples")
+
+    st.subheader("Original model and Retrain")
+    cfg = ExperimentConfig(dataset=dataset, forget=spec_text, methods=("retrain",), seed=seed, model=model,
+                           device=device, data_root=data_root or None, download=False)
+    models_job = state.job(state.K_MODELS_JOB)
+    busy = models_job is not None and models_job.view(with_history=False).active
+    if st.button("Train or load the original model and Retrain", key="train_button", type="primary",
+                 disabled=busy or not ok or spec_error is not None,
+                 help="Runs in the background; cached models load in a second."):
+        if actions.start_models(cfg) is not None:
+            st.rerun()
+    job = show_job(state.K_MODELS_JOB, curves=False)
+    if job is not None and job.view(with_history=False).state == jobs.DONE and isinstance(job.result, dict):
+        r = job.result
+        for kind_name in ("original", "retrain"):
+            m = r[kind_name]
+            st.markdown(f"- **{kind_name}**: test accuracy {m['test_acc']:.2f}% · "
+                        f"{'loaded from the cache' if m['cached'] else 'trained'} "
+                        f"({m['seconds']:.1f} s of training)")
+        widgets.link("unlearn", "Next: choose methods on the Unlearn page")
+
+    if ok and spec_error is None:
+        with widgets.guarded("the forget set"):
+            split = _split(dataset, data_root, spec_text, seed)
+            n_f, n_r = len(split.forget_idx), len(split.retain_idx)
+            st.subheader(f"The forget set D_f ({n_f} samples; D_r has {n_r})")
+            show = split.forget_idx[:24]
+            caps = [f"label {int(split.y_train[i])}" + (f" (true {int(split.y_clean[i])})" if kind == "noisy" else "")
+                    for i in show]
+            st.plotly_chart(figures.image_grid(split.x_train[show], caps, max_cols=12), key="forget_grid")

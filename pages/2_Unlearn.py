@@ -1,0 +1,77 @@
+"""Unlearn: choose methods and their hyper-parameters (generated from the config dataclasses),
+run in the background, watch progress, losses and probe accuracies live, cancel."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from mixunlearn import jobs
+from mixunlearn.datasets import get_info
+from mixunlearn.experiment import ExperimentConfig
+from mixunlearn.methods import list_methods
+from mixunlearn.models import MODELS
+from ui import actions, state, widgets
+from ui.progress import show_job
+
+st.title("Unlearn")
+s = state.setup()
+
+with widgets.guarded("the method choice"):
+    info = get_info(s["dataset"])
+    model = s.get("model") or info.default_model
+    family = MODELS[model].builder.family if model in MODELS else None
+    spec_text = state.forget_spec_text(s)
+    kind = s["kind"]
+    st.markdown(f"Task: **{info.title}**, model **{model}**, forget **`{spec_text}`**, seed **{s['seed']}**, "
+                f"device **{s['device']}**.")
+    widgets.link("setup", "Change the task on the Setup page")
+
+    specs = [m for m in list_methods() if m.name != "retrain"]
+    usable = [m for m in specs if kind in m.kinds]
+    disabled = [m for m in specs if kind not in m.kinds]
+    display = {m.name: m.display for m in specs}
+    default = [m.name for m in usable if m.name == "mixunlearn"]  # MixUnlearn preselected
+    chosen = st.multiselect(
+        "Methods (Retrain always runs first: it is the yardstick)", [m.name for m in usable], default=default,
+        format_func=lambda n: f"{display[n]} ({n})", key="unlearn_methods",
+        help="Label-aware methods read the labels of D_f and D_r; label-agnostic ones do not.",
+    )
+    if disabled:
+        st.caption("Not available for " + {"class": "class-level", "data": "data-level",
+                                            "noisy": "noisy-label"}[kind] + " forgetting: "
+                   + "; ".join(f"{m.display} (supports {', '.join(m.kinds)} only)" for m in disabled))
+    with st.expander("What the methods do"):
+        for m in specs:
+            st.markdown(f"- **{m.display}** (`{m.name}`, label-{m.labels}): {m.summary}. *{m.paper}*")
+
+    params: dict[str, dict] = {}
+    for name in chosen:
+        spec = next(m for m in specs if m.name == name)
+        with st.expander(f"{spec.display} — hyper-parameters", expanded=False):
+            st.caption(f"{spec.summary}. Defaults for the '{family}' model family are prefilled.")
+            values = widgets.config_widgets(name, family, "hp")
+            changed = widgets.changed_values(name, family, values)
+            if changed:
+                params[name] = changed
+
+    running = actions.experiment_running()
+    if st.button("Run unlearning", key="run_button", type="primary", disabled=running or not chosen,
+                 help="Runs in the background; navigating away does not stop it."):
+        cfg = ExperimentConfig(dataset=s["dataset"], forget=spec_text, methods=("retrain", *chosen), seed=s["seed"],
+                               model=model, device=s["device"], data_root=s.get("data_root") or None, params=params,
+                               download=False)
+        if actions.start_experiment(cfg, label="Unlearning run") is not None:
+            st.rerun()
+    if not chosen:
+        st.info("Pick at least one method to run.")
+
+st.subheader("Progress")
+titles = {m.name: m.display for m in list_methods()}
+job = show_job(state.K_EXPERIMENT_JOB, titles=titles, on_done=actions.select_finished_run)
+if job is None:
+    st.caption("No run started in this session yet.")
+elif job.view(with_history=False).state == jobs.DONE:
+    cols = st.columns(4)
+    for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
+        with col:
+            widgets.link(page)

@@ -1,0 +1,96 @@
+"""Starting background jobs from a page (validation first, so a bad input is an error message
+at once, not a failed job later)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from mixunlearn import jobs
+from mixunlearn.datasets import get_info, is_available
+from mixunlearn.experiment import ExperimentConfig
+
+from . import state
+
+
+def experiment_running() -> bool:
+    job = state.job(state.K_EXPERIMENT_JOB)
+    return job is not None and job.view(with_history=False).active
+
+
+def start_experiment(cfg: ExperimentConfig, label: str) -> jobs.Job | None:
+    """Validate ``cfg`` and submit it as this session's experiment job; on a bad input show an
+    error and return None."""
+    if experiment_running():
+        st.warning("A run of this session is still in progress; wait for it or cancel it first.")
+        return None
+    try:
+        resolved = cfg.resolved()
+        store = state.store()
+        if not is_available(resolved.dataset, resolved.data_root):
+            info = get_info(resolved.dataset)
+            st.error(f"The files of {info.title} are not on this machine, so nothing was started. Put "
+                     f"{info.files_hint}, or pick another dataset on the Setup page (digits always works offline).")
+            return None
+    except Exception as exc:  # noqa: BLE001 - every bad input becomes a message
+        st.error(jobs.describe_error(exc))
+        return None
+    job = state.runner().submit(jobs.experiment_job(resolved, store=store, label=label), label=label,
+                                kind="experiment", device=resolved.device,
+                                meta={"config": resolved.to_dict()})
+    state.remember_job(state.K_EXPERIMENT_JOB, job)
+    state.warm_up_projections()
+    return job
+
+
+def select_finished_run(job: jobs.Job) -> None:
+    """on_done hook: show the run an experiment job produced on every analysis page."""
+    result: Any = job.result
+    if isinstance(result, dict) and result.get("run_id"):
+        st.session_state[state.K_RUN] = result["run_id"]
+
+
+def start_models(cfg: ExperimentConfig) -> jobs.Job | None:
+    try:
+        resolved = cfg.resolved()
+    except Exception as exc:  # noqa: BLE001
+        st.error(jobs.describe_error(exc))
+        return None
+    job = state.runner().submit(jobs.models_job(resolved), label="Original and Retrain", kind="models",
+                                device=resolved.device)
+    state.remember_job(state.K_MODELS_JOB, job)
+    return job
+
+
+def start_toy(cfg) -> jobs.Job | None:
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        st.error(jobs.describe_error(exc))
+        return None
+    job = state.runner().submit(jobs.toy_job(cfg), label="Toy unlearning", kind="toy", gpu=False)
+    state.remember_job(state.K_TOY_JOB, job)
+    return job
+
+
+def projection_job_key(run_id: str, method: str) -> str:
+    return f"projection:{run_id}:{method}"
+
+
+def start_projection(run_id: str, method: str, features: dict, seed: int) -> jobs.Job:
+    """Project a stored run's features with ``method`` and cache the layout as an artifact."""
+    from mixunlearn import analysis
+
+    store = state.store()
+
+    def run(job: jobs.Job) -> str:
+        job.say(f"projecting with {analysis.PROJECTION_TITLES[method]}")
+        layouts = analysis.project(features, method, reference="original", seed=seed)
+        store.save_artifact(run_id, f"proj-{method}", analysis.projections_to_tensors(layouts))
+        return run_id
+
+    job = state.runner().submit(run, label=f"{analysis.PROJECTION_TITLES[method]} projection", kind="projection",
+                                gpu=False)
+    st.session_state[projection_job_key(run_id, method)] = job.id
+    return job
