@@ -12,4 +12,11 @@ The library never imports Streamlit. Main entry points:
 - :mod:`mixunlearn.cli` -- ``python -m mixunlearn``.
 """
 
+import os as _os
+
+# Idle OpenMP threads that spin burn the CPU the other threads need: on 2 shared cores digits
+# training ran several times slower with the default (active) policy. Must be set before torch
+# loads OpenMP, so importing the package first is enough; an explicit setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
