@@ -41,9 +41,9 @@ def home() -> None:
         )
     with right:
         if HOME_PICTURE.is_file():
-            st.image(str(HOME_PICTURE), caption="Forgetting the red-ringed blob: gradient ascent alone (middle) "
-                     "swings the boundary into a retained class; the same with mixup regularisation (right) "
-                     "stays close to Retrain.")
+            st.image(str(HOME_PICTURE), caption="Forgetting the red-ringed blob of a 2-D toy. Gradient ascent on "
+                     "it plus ordinary training on retained points (middle) lets one class swallow the plane; the "
+                     "same push regularised with forget/retain mixes (right) keeps the retained boundary.")
 
     st.subheader("Run the default demo")
     st.markdown(
@@ -56,12 +56,13 @@ def home() -> None:
     if "mixunlearn" not in jobs.demo_methods():
         st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
                    "baselines only.")
-    if st.button("▶ Run the default demo", key="demo_button", type="primary", disabled=running,
-                 help="Runs in the background; you can move between pages while it runs."):
+    if st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:", type="primary",
+                 disabled=running, help="Runs in the background; you can move between pages while it runs."):
         job = actions.start_experiment(jobs.demo_config(state.setup().get("device", "auto")), "Default demo")
         if job is not None:
             st.rerun()
-    job = show_job(state.K_EXPERIMENT_JOB, on_done=actions.select_finished_run)
+    # Progress bars only: the live curves are on the Unlearn page (redrawing them every second costs CPU).
+    job = show_job(state.K_EXPERIMENT_JOB, curves=False, on_done=actions.select_finished_run)
     if job is not None and job.view(with_history=False).state == jobs.DONE:
         st.markdown("**Results are ready:**")
         cols = st.columns(4)
@@ -90,16 +91,17 @@ def sidebar_status() -> None:
         return
     view = job.view(with_history=False)
     if view.active:
-        st.sidebar.info(f"⚙️ {view.label} running ({view.elapsed:.0f} s): {view.message}")
+        st.sidebar.info(f"{view.label} running ({view.elapsed:.0f} s): {view.message}", icon=":material/settings:")
 
 
 def main() -> None:
-    st.set_page_config(page_title="MixUnlearn lab", page_icon="🧽", layout="wide")
-    nav = [st.Page(home, title="Home", icon="🏠", default=True, url_path="home")]
+    st.set_page_config(page_title="MixUnlearn lab", page_icon=":material/auto_fix_high:", layout="wide")
+    nav = [st.Page(home, title="Home", icon=widgets.PAGES["home"][2], default=True, url_path="home")]
     nav += [st.Page(path, title=title, icon=icon) for key, (path, title, icon) in widgets.PAGES.items()
             if key != "home"]
     page = st.navigation(nav)
     widgets.HOME_PAGE = nav[0]
+    state.warm_up_projections()  # once per process, in the background
     sidebar_status()
     page.run()
 

@@ -127,6 +127,18 @@ def embedding_grid(
     return _layout(fig, title, 330 * n_rows + 60)
 
 
+def selected_samples(points: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
+    """A box/lasso selection on :func:`embedding_grid` (Streamlit's ``event.selection.points``)
+    as ``{panel index: sorted unique sample indices}``; points without customdata are ignored."""
+    out: dict[int, set[int]] = {}
+    for p in points or ():
+        cd = p.get("customdata") if isinstance(p, Mapping) else None
+        if cd is None or len(cd) < 2:
+            continue
+        out.setdefault(int(cd[1]), set()).add(int(cd[0]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
 # --------------------------------------------------------------------------- loss KDE
 
 
@@ -199,8 +211,7 @@ def loss_curves(history: Mapping[str, Sequence[Mapping[str, float]]], *, titles:
 def probe_curves(history: Mapping[str, Sequence[Mapping[str, float]]], *, titles: Mapping[str, str] | None = None,
                  title: str | None = None) -> go.Figure:
     """Forget / retain accuracy on the small probe sets as training moves, per source."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("forget accuracy (probe of D_f)",
-                                                        "retain accuracy (probe of D_r)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("D_f probe", "D_r probe"))
     i = 0
     for name, rows in history.items():
         pts = [r for r in rows if "probe_forget_acc" in r]
@@ -306,19 +317,21 @@ def generator_grid(snap: Mapping[str, Any], lam_index: int = 1, *, class_names: 
         fig.add_trace(_image_trace(mask[k], colorscale="Viridis", showscale=k == 0, name="mask"), row=r, col=3)
         fig.add_trace(_image_trace(mixed[k], name="mix"), row=r, col=4)
         fig.add_trace(_image_trace(vanilla[k], name="vanilla"), row=r, col=5)
-        bits = [f"pair {k}"]
+        # The pair's numbers go in its row label, left of the row (never between rows).
+        bits = [f"<b>pair {k}</b>"]
         if f_cls is not None and r_cls is not None:
-            bits.append(f"{cname(int(f_cls[k]))}+{cname(int(r_cls[k]))}")
-        fig.update_yaxes(title_text="<br>".join(bits), title_font=dict(size=10), row=r, col=1)
-        note = f"share {float(mm[k]):.2f}"
+            bits.append(f"{cname(int(f_cls[k]))} + {cname(int(r_cls[k]))}")
+        bits.append(f"share {float(mm[k]):.2f}")
         if pred is not None:
-            note += f" · pred {cname(int(pred[k]))}"
+            bits.append(f"pred {cname(int(pred[k]))}")
         if p_f is not None and p_r is not None:
-            note += f"<br>p_f {float(p_f[k]):.2f} · p_r {float(p_r[k]):.2f}"
-        fig.update_xaxes(title_text=note, title_font=dict(size=10), row=r, col=4)
+            bits.append(f"p_f {float(p_f[k]):.2f} p_r {float(p_r[k]):.2f}")
+        fig.update_yaxes(title_text="<br>".join(bits), title_font=dict(size=10), row=r, col=1)
     _hide_axes(fig)
     head = f"λ = {lam:g} · generator update {snap.get('update', '?')} (step {snap.get('step', '?')})"
-    return _layout(fig, title or head, 150 * n_pairs + 90)
+    fig = _layout(fig, title or head, 150 * n_pairs + 90)
+    fig.update_layout(margin=dict(l=130))
+    return fig
 
 
 def generator_curves(history: Mapping[str, Any], *, title: str | None = None) -> go.Figure:

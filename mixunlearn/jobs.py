@@ -474,6 +474,17 @@ class JobRunner:
         job = self.get(job_id)
         return job.cancel() if job else False
 
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel every active job and wait up to ``timeout`` seconds for their threads (called at
+        interpreter exit, so no thread is torn down inside native code)."""
+        deadline = time.time() + timeout
+        for job in self.jobs():
+            if job.state not in FINAL_STATES:
+                job.cancel()
+        for job in self.jobs():
+            if job.thread is not None and job.thread.is_alive():
+                job.thread.join(max(0.0, deadline - time.time()))
+
     def _prune(self) -> None:
         finished = [j for j in self._jobs.values() if j.state in FINAL_STATES]
         for j in finished[: max(0, len(self._jobs) - self.keep)]:
@@ -500,7 +511,10 @@ def get_runner() -> JobRunner:
     global _RUNNER
     with _RUNNER_LOCK:
         if _RUNNER is None:
+            import atexit
+
             _RUNNER = JobRunner()
+            atexit.register(_RUNNER.shutdown)
         return _RUNNER
 
 

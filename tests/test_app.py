@@ -70,7 +70,7 @@ def shared_models(digits_class3, session_cache):
 def test_every_page_before_any_run_shows_a_helpful_message():
     at = _app()
     assert not at.exception
-    assert at.button(key="demo_button").label.startswith("▶ Run the default demo")
+    assert at.button(key="demo_button").label.startswith("Run the default demo")
     assert "No finished run yet" in _texts(at.info)
     for page in ANALYSIS_PAGES:
         _open(at, page)

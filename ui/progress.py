@@ -14,7 +14,7 @@ from mixunlearn.jobs import CANCELLED, CANCELLING, DONE, FAILED, QUEUED, Job, Jo
 
 from . import state
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.5
 SOURCE_TITLES = {"experiment": "setup", "original": "original model", "retrain": "Retrain", "job": "job"}
 
 
@@ -25,17 +25,18 @@ def _source_title(src: str, titles: dict[str, str]) -> str:
 def _status_line(view: JobView) -> None:
     elapsed = f"{view.elapsed:.0f} s"
     if view.state == QUEUED:
-        st.info(f"⏳ {view.label}: {view.message} ({elapsed})")
+        st.info(f"{view.label}: {view.message} ({elapsed})", icon=":material/hourglass_top:")
     elif view.state == CANCELLING:
-        st.warning(f"Stopping {view.label}… ({view.message})")
+        st.warning(f"Stopping {view.label}… ({view.message})", icon=":material/stop_circle:")
     elif view.state == DONE:
-        st.success(f"✅ {view.label} finished in {elapsed}.")
+        st.success(f"{view.label} finished in {elapsed}.", icon=":material/check_circle:")
     elif view.state == FAILED:
-        st.error(f"{view.label} failed. {view.error}")
+        st.error(f"{view.label} failed. {view.error}", icon=":material/error:")
     elif view.state == CANCELLED:
-        st.warning(f"{view.label} was cancelled; nothing was saved. Start it again when you are ready.")
+        st.warning(f"{view.label} was cancelled; nothing was saved. Start it again when you are ready.",
+                   icon=":material/cancel:")
     else:
-        st.info(f"⚙️ {view.label}: {view.message} ({elapsed})")
+        st.info(f"{view.label}: {view.message} ({elapsed})", icon=":material/settings:")
 
 
 def _source_bars(view: JobView, titles: dict[str, str]) -> None:
@@ -59,14 +60,11 @@ def _curves(view: JobView, titles: dict[str, str]) -> None:
     hist = {s: h for s, h in view.history.items() if s not in ("original", "retrain")}
     if not hist:
         return
-    c1, c2 = st.columns(2)
-    with c1:
-        st.plotly_chart(figures.loss_curves(hist, titles=titles, title="losses", max_cols=2),
-                        key=f"live-loss-{view.id}-{view.version}")
-    with c2:
-        if any("probe_forget_acc" in r for h in hist.values() for r in h):
-            st.plotly_chart(figures.probe_curves(hist, titles=titles, title="forget / retain accuracy (probes)"),
-                            key=f"live-probe-{view.id}-{view.version}")
+    if any("probe_forget_acc" in r for h in hist.values() for r in h):
+        st.plotly_chart(figures.probe_curves(hist, titles=titles, title="forget / retain accuracy on small probe sets"),
+                        key=f"live-probe-{view.id}-{view.version}")
+    st.plotly_chart(figures.loss_curves(hist, titles=titles, title="logged losses", max_cols=3),
+                    key=f"live-loss-{view.id}-{view.version}")
 
 
 def _live_generator(job: Job, view: JobView, titles: dict[str, str]) -> None:

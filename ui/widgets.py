@@ -21,14 +21,15 @@ from . import state
 log = logging.getLogger("mixunlearn.app")
 
 PAGES = {
-    "home": ("app.py", "Home", "🏠"),
-    "setup": ("pages/1_Setup.py", "Setup", "🧪"),
-    "unlearn": ("pages/2_Unlearn.py", "Unlearn", "🧽"),
-    "compare": ("pages/3_Compare.py", "Compare", "📊"),
-    "embeddings": ("pages/4_Embeddings.py", "Embeddings", "🗺️"),
-    "kde": ("pages/5_Loss_KDE.py", "Loss KDE", "📈"),
-    "generator": ("pages/6_Generator.py", "Generator", "🎛️"),
-    "learn": ("pages/7_Learn.py", "Learn", "🎓"),
+    # Material icons ship with Streamlit, so they render offline (emoji need a system font).
+    "home": ("app.py", "Home", ":material/home:"),
+    "setup": ("pages/1_Setup.py", "Setup", ":material/tune:"),
+    "unlearn": ("pages/2_Unlearn.py", "Unlearn", ":material/auto_fix_high:"),
+    "compare": ("pages/3_Compare.py", "Compare", ":material/table_chart:"),
+    "embeddings": ("pages/4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
+    "kde": ("pages/5_Loss_KDE.py", "Loss KDE", ":material/area_chart:"),
+    "generator": ("pages/6_Generator.py", "Generator", ":material/blur_on:"),
+    "learn": ("pages/7_Learn.py", "Learn", ":material/school:"),
 }
 
 
