@@ -46,29 +46,30 @@ def home() -> None:
                      "same push regularised with forget/retain mixes (right) keeps the retained boundary.")
 
     st.subheader("Run the default demo")
-    st.markdown(
-        f"Digits (8×8, ships with scikit-learn, works offline), forget class {jobs.DEMO_FORGET.split(':')[1]}, "
-        f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.demo_methods())}**. It trains the original model "
-        "and Retrain (cached afterwards), unlearns, scores everything against Retrain and prepares every page. "
-        "About a minute on two CPU cores."
-    )
-    running = actions.experiment_running()
-    if "mixunlearn" not in jobs.demo_methods():
-        st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
-                   "baselines only.")
-    if st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:", type="primary",
-                 disabled=running, help="Runs in the background; you can move between pages while it runs."):
-        job = actions.start_experiment(jobs.demo_config(state.setup().get("device", "auto")), "Default demo")
-        if job is not None:
-            st.rerun()
-    # Progress bars only: the live curves are on the Unlearn page (redrawing them every second costs CPU).
-    job = show_job(state.K_EXPERIMENT_JOB, curves=False, on_done=actions.select_finished_run)
-    if job is not None and job.view(with_history=False).state == jobs.DONE:
-        st.markdown("**Results are ready:**")
-        cols = st.columns(4)
-        for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
-            with col:
-                widgets.link(page)
+    with widgets.guarded("the demo"):
+        st.markdown(
+            f"Digits (8×8, ships with scikit-learn, works offline), forget class {jobs.DEMO_FORGET.split(':')[1]}, "
+            f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.demo_methods())}**. It trains the original model "
+            "and Retrain, unlearns, scores everything against Retrain and prepares every page. The first run trains "
+            "the two small models and takes one to two minutes on a CPU; later runs reuse them."
+        )
+        running = actions.experiment_running()
+        if "mixunlearn" not in jobs.demo_methods():
+            st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
+                       "baselines only.")
+        if st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:", type="primary",
+                     disabled=running, help="Runs in the background; you can move between pages while it runs."):
+            job = actions.start_experiment(jobs.demo_config(state.setup().get("device", "auto")), "Default demo")
+            if job is not None:
+                st.rerun()
+        # Progress bars only: the live curves are on the Unlearn page (redrawing them every second costs CPU).
+        job = show_job(state.K_EXPERIMENT_JOB, curves=False, on_done=actions.select_finished_run)
+        if job is not None and job.view(with_history=False).state == jobs.DONE:
+            st.markdown("**Results are ready:**")
+            cols = st.columns(4)
+            for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
+                with col:
+                    widgets.link(page)
 
     st.subheader("Current experiment")
     with widgets.guarded("the current experiment"):

@@ -326,7 +326,9 @@ def generator_grid(snap: Mapping[str, Any], lam_index: int = 1, *, class_names: 
             bits.append(f"pred {cname(int(pred[k]))}")
         if p_f is not None and p_r is not None:
             bits.append(f"p_f {float(p_f[k]):.2f} p_r {float(p_r[k]):.2f}")
-        fig.update_yaxes(title_text="<br>".join(bits), title_font=dict(size=10), row=r, col=1)
+        dom = fig.get_subplot(r, 1).yaxis.domain
+        fig.add_annotation(text="<br>".join(bits), xref="paper", yref="paper", x=-0.01, y=(dom[0] + dom[1]) / 2,
+                           xanchor="right", yanchor="middle", align="right", showarrow=False, font=dict(size=10))
     _hide_axes(fig)
     head = f"λ = {lam:g} · generator update {snap.get('update', '?')} (step {snap.get('step', '?')})"
     fig = _layout(fig, title or head, 150 * n_pairs + 90)

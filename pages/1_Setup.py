@@ -42,9 +42,8 @@ st.caption("Choose the task. The original model and Retrain are trained once per
 s = state.setup()
 
 with widgets.guarded("the setup"):
-    data_root = st.text_input("Data folder (optional)", value=s.get("data_root", ""),
-                              help="Where dataset files are; empty: the default places (see the error text when "
-                                   "a dataset is missing). Digits needs none.", key="setup_data_root").strip()
+    # The data folder widget sits below the dataset choice, but availability depends on it.
+    data_root = str(st.session_state.get("setup_data_root", s.get("data_root", "")) or "").strip()
     names = dataset_names()
     avail = {n: is_available(n, data_root or None) for n in names}
     dataset = st.selectbox(
@@ -54,10 +53,14 @@ with widgets.guarded("the setup"):
     )
     info = get_info(dataset)
     st.caption(info.description)
+    with st.expander("Data folder", expanded=bool(data_root)):
+        st.text_input("Folder with dataset files (optional)", value=data_root, key="setup_data_root",
+                      help="Empty: the default places (listed in the message when a dataset is missing). "
+                           "Digits needs none.")
     ok = avail[dataset]
     if not ok:
         st.error(f"The files of {info.title} are not on this machine. Put {info.files_hint} — or enter the "
-                 f"folder that holds them above. Digits always works offline.")
+                 f"folder that holds them under 'Data folder'. Digits always works offline.")
 
     models = [m for m, e in MODELS.items() if e.input_size == info.size]
     model = st.selectbox("Model", models, index=models.index(info.default_model) if info.default_model in models

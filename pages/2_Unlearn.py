@@ -66,12 +66,13 @@ with widgets.guarded("the method choice"):
         st.info("Pick at least one method to run.")
 
 st.subheader("Progress")
-titles = {m.name: m.display for m in list_methods()}
-job = show_job(state.K_EXPERIMENT_JOB, titles=titles, on_done=actions.select_finished_run)
-if job is None:
-    st.caption("No run started in this session yet.")
-elif job.view(with_history=False).state == jobs.DONE:
-    cols = st.columns(4)
-    for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
-        with col:
-            widgets.link(page)
+with widgets.guarded("the progress"):
+    titles = {m.name: m.display for m in list_methods()}
+    job = show_job(state.K_EXPERIMENT_JOB, titles=titles, on_done=actions.select_finished_run)
+    if job is None:
+        st.caption("No run started in this session yet.")
+    elif job.view(with_history=False).state == jobs.DONE:
+        cols = st.columns(4)
+        for col, page in zip(cols, ("compare", "embeddings", "kde", "generator")):
+            with col:
+                widgets.link(page)

@@ -54,8 +54,9 @@ with widgets.guarded("the toy"):
                          "same decision as Retrain (% of the plane)": boundary_agreement(result, name)})
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="toy_table")
         st.caption("Accuracies on a fresh draw of the same blobs. Try other seeds and weights: the effect varies from "
-                   "seed to seed (on some the plain unlearner is already fine), but mixup keeps the retained "
-                   "classes at least as well in every seed we tried. The full MixUnlearn learns the mixing masks "
+                   "seed to seed (on some the plain unlearner is already fine). With the default settings and seeds "
+                   "0–5, the mixup unlearner kept the retained classes at least as well as the plain one in every "
+                   "seed (retain accuracy 89.6–98.8% vs 68.8–98.8%). The full MixUnlearn learns the mixing masks "
                    "adversarially with a generator and uses contrastive losses instead of cross-entropy; see the "
                    "Generator page for the real thing.")
         st.plotly_chart(figures.toy_curves(result.logs, title="unlearning losses"), key="toy_curves")

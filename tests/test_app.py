@@ -122,6 +122,44 @@ def test_methods_that_do_not_support_the_kind_are_disabled_with_a_reason():
         pytest.skip("every registered method supports data-level forgetting")
 
 
+@pytest.mark.parametrize("kind", ["class", "data"])
+def test_every_registered_method_gets_a_hyper_parameter_form(kind):
+    """Widgets come from each config dataclass: every method that lands appears with its form."""
+    from mixunlearn.methods import field_specs, get_method
+
+    at = _app()
+    _open(at, "pages/1_Setup.py")
+    at.radio(key="setup_kind").set_value(kind).run()
+    _open(at, "pages/2_Unlearn.py")
+    box = at.multiselect(key="unlearn_methods")
+    names = [o.rsplit("(", 1)[1].rstrip(")") for o in box.options]
+    assert "mixunlearn" in names and "finetune" in names
+    box.set_value(names).run()
+    assert not at.exception, [e.value for e in at.exception]
+    keys = {w.key for kind_ in ("number_input", "checkbox", "selectbox", "text_input") for w in at.get(kind_)}
+    for name in names:
+        for f in field_specs(get_method(name).config_cls):
+            assert f"hp:{name}:digits:{f['name']}" in keys, (name, f["name"])
+
+
+def test_compare_shows_the_papers_row_only_where_the_setting_matches():
+    from mixunlearn.store import RunStore
+
+    store = RunStore()
+    _synthetic_run(store, config={"dataset": "fashion_mnist", "forget": "class:0", "seed": 0})
+    at = _app()
+    _open(at, "pages/3_Compare.py")
+    df = at.dataframe[0].value
+    reported = df[df["source"] == "reported in the paper"]
+    assert list(reported["method"]) == ["Retrain (paper)", "MixUnlearn (paper)"]
+    from mixunlearn.paper import paper_row_for
+
+    row = paper_row_for("fashion_mnist", "class:0", "mixunlearn")
+    assert reported["Test_r"].iloc[1] == pytest.approx(row.metrics["test_r"][0])
+    # The row right after each of ours is the paper's for the same method.
+    assert list(df["method"])[:4] == ["Retrain", "Retrain (paper)", "MixUnlearn", "MixUnlearn (paper)"]
+
+
 def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_models):
     at = _app()
     at.button(key="demo_button").click().run()
@@ -240,7 +278,7 @@ def test_an_unreadable_store_is_a_message(tmp_path, monkeypatch):
     assert "run store" in _texts(at.error).lower()
 
 
-def _synthetic_run(store, *, collapse: bool = False) -> str:
+def _synthetic_run(store, *, collapse: bool = False, config: dict | None = None) -> str:
     """A run committed by hand with the snapshot schema of MixUnlearn (METHOD.md §9)."""
     g = torch.Generator().manual_seed(0)
     L, P, n = 3, 4, 60
@@ -271,7 +309,8 @@ def _synthetic_run(store, *, collapse: bool = False) -> str:
                **analysis.history_to_tensors("mixunlearn", history)}
     metrics = {"test_r": 90.0, "test_f": 0.0, "asr": 50.0, "ua": 100.0, "ra": 95.0, "ta": 90.0, "mia_efficacy": 80.0,
                "train_r": 95.0, "train_f": 0.0, "test": 81.0}
-    results = {"config": {"dataset": "digits", "forget": "class:3", "seed": 0}, "original": {"metrics": metrics},
+    results = {"config": config or {"dataset": "digits", "forget": "class:3", "seed": 0},
+               "original": {"metrics": metrics},
                "methods": {"retrain": {"metrics": metrics, "seconds": 1.0, "gap_to_retrain": 0.0, "status": "done"},
                            "mixunlearn": {"metrics": metrics, "seconds": 0.5, "gap_to_retrain": 0.0,
                                           "status": "done"}},

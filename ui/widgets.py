@@ -76,7 +76,7 @@ def run_picker(where=st.sidebar) -> str | None:
 
 def no_run_message(what: str) -> None:
     st.info(f"No finished run yet, so there is nothing to show {what}. Start the default demo on the Home page "
-            f"(about a minute on a CPU), or choose a setup and methods on the Setup and Unlearn pages.")
+            f"(one to two minutes on a CPU), or choose a setup and methods on the Setup and Unlearn pages.")
     c1, c2 = st.columns(2)
     with c1:
         link("home", "Home: run the default demo")
