@@ -323,6 +323,44 @@ def _synthetic_run(store, *, collapse: bool = False, config: dict | None = None)
     return run_id
 
 
+@pytest.fixture
+def nan_method():
+    """A throwaway method whose loss becomes NaN (removed from the registry afterwards)."""
+    from dataclasses import dataclass
+
+    from mixunlearn.methods import base
+    from mixunlearn.progress import NonFiniteLossError
+
+    @dataclass(frozen=True)
+    class NanConfig(base.MethodConfig):
+        steps: int = base.param(1, "steps", min=1, max=10)
+
+    def nan_fn(model, data, cfg, *, device, callbacks):
+        raise NonFiniteLossError("nan_test", 3, "loss ce")
+
+    base.register_method("nan_test", config=NanConfig, labels="aware", summary="always NaN", paper="test",
+                         display="NaN test")(nan_fn)
+    yield "nan_test"
+    base._REGISTRY.pop("nan_test", None)
+
+
+def test_a_method_that_failed_with_nan_is_a_clear_message_on_compare(shared_models, nan_method):
+    from mixunlearn.experiment import ExperimentConfig
+    from mixunlearn.store import RunStore
+
+    cfg = ExperimentConfig(dataset="digits", forget="class:3", methods=("retrain", nan_method, "neggrad"), seed=0,
+                           device="cpu")
+    job = get_runner().submit(jobs.experiment_job(cfg, store=RunStore(), cache=shared_models, project=None))
+    assert job.wait(300) and job.state == jobs.DONE, job.error
+    at = _app()
+    _open(at, "pages/3_Compare.py")
+    errors = _texts(at.error)
+    assert "NaN test failed and has no metrics" in errors and "step 3" in errors and "learning rate" in errors
+    df = at.dataframe[0].value
+    assert df.loc[df["method"] == "NaN test", "status"].iloc[0] == "failed"
+    assert df.loc[df["method"] == "NegGrad", "status"].iloc[0] == "done"  # the others went on
+
+
 def test_generator_page_on_a_synthetic_snapshot_run():
     from mixunlearn.store import RunStore
 
