@@ -98,8 +98,11 @@ class MixUnlearnConfig(MethodConfig):
                                 min=1, max=10_000)
     probe_pairs: int = param(8, "fixed forget/retain pairs shown in generator snapshots", min=1, max=64)
 
+    # Class defaults are METHOD.md §6's. Per family: digits chosen on the validation split
+    # (bench/tune_mixunlearn.py, docs/mixunlearn.md); ResNet-18 keeps METHOD.md's values, untuned
+    # (no GPU to tune on).
     FAMILY_DEFAULTS = {
-        "digits": {},
+        "digits": {"tau_gen": 20.0, "tau_mix": 20.0, "tau_real": 20.0, "epochs": 10, "snapshot_every": 1},
         "cnn": {"lr": 1e-4, "epochs": 5, "snapshot_every": 10},
         "resnet": {"lr": 5e-5, "epochs": 5, "snapshot_every": 10},
     }
