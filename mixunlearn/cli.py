@@ -160,28 +160,37 @@ def _experiment_config(args, seed: int):
         recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
         eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
     ).resolved()
-    if not cfg.download:
-        # Fail before any progress line is printed: missing data is then exactly one error line.
-        from .datasets import load_dataset, locate
-
-        if locate(cfg.dataset, cfg.data_root) is None:
-            load_dataset(cfg.dataset, cfg.data_root, download=False)  # raises DataNotFoundError
     return cfg
 
 
+def _check_data(cfgs) -> None:
+    """Load the data set and build every seed's split before any progress line is printed, so
+    missing, damaged or undownloadable files and an empty forget set are exactly one error line."""
+    from .data import make_split
+    from .datasets import load_dataset
+
+    first = cfgs[0]
+    dataset = load_dataset(first.dataset, first.data_root, download=first.download)
+    for cfg in cfgs:
+        make_split(dataset, cfg.forget, cfg.seed, eval_split=cfg.eval_split)
+
+
 def cmd_run(args) -> int:
-    from .experiment import run_experiment
+    from .experiment import prepare_data, run_experiment
     from .store import RunStore
+    from .utils import resolve_device
 
     cfg = _experiment_config(args, args.seed)
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.forget.replace(':', '_')}-seed{cfg.seed}")
     if out.exists() and not out.is_dir():  # found out before the run, not after it
         raise ValueError(f"--out {out} exists and is not a folder")
+    # The data and the split are ready before any progress line (one error line when they are not).
+    data = prepare_data(cfg, resolve_device(cfg.device))
     progress = TqdmProgress(enabled=not args.quiet)
     store = RunStore() if args.store else None
     run_id = store.begin(cfg.to_dict()) if store else None
     try:
-        result = run_experiment(cfg, callbacks=[progress])
+        result = run_experiment(cfg, callbacks=[progress], data=data)
         path = result.write(out)
         if store:
             store.commit(run_id, result.to_json())
@@ -227,6 +236,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out or f"runs/bench-{cfgs[0].dataset}-{cfgs[0].forget.replace(':', '_')}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    _check_data(cfgs)
     progress = TqdmProgress(enabled=not args.quiet)
     try:
         table = run_bench(cfgs, out, callbacks=[progress])
