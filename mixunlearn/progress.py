@@ -24,10 +24,13 @@ class RunCancelled(Exception):
 class NonFiniteLossError(RuntimeError):
     """A loss or a weight became NaN or infinite."""
 
-    def __init__(self, method: str, step: int, what: str):
+    def __init__(self, method: str, step: int, what: str, *, after: bool = False):
         self.method, self.step, self.what = method, step, what
+        # A negative step: found only when the method had returned (e.g. a final weight check).
+        # ``after``: the exact step is unknown, ``step`` is the last one the method reported.
+        where = "when the method ended" if step < 0 else (f"after step {step}" if after else f"at step {step}")
         super().__init__(
-            f"{method}: {what} became NaN or infinite at step {step}; the run was stopped and no metrics "
+            f"{method}: {what} became NaN or infinite {where}; the run was stopped and no metrics "
             f"were written. Try a smaller learning rate."
         )
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..data import UnlearnData
-from ..progress import Callback, check_finite_weights
+from ..progress import Callback, NonFiniteLossError, check_finite_weights
 from ..utils import synchronize
 
 
@@ -257,6 +257,17 @@ class MethodResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class _LastStep:
+    """A callback that remembers the last step a method reported (for errors between reports)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def __call__(self, event) -> None:
+        if event.total:
+            self.step = max(self.step, int(event.step))
+
+
 def run_method(
     name: str,
     original: nn.Module,
@@ -288,9 +299,15 @@ def run_method(
         data = data.to(device)
     model = copy.deepcopy(original).to(device)
     view = data.without_labels() if spec.labels == "agnostic" else data
+    reported = _LastStep()
     synchronize(device)
     start = time.perf_counter()
-    out = spec.fn(model, view, cfg, device=device, callbacks=list(callbacks or []))
+    try:
+        out = spec.fn(model, view, cfg, device=device, callbacks=[reported, *(callbacks or [])])
+    except FloatingPointError as exc:
+        # Python's own signal of a non-finite value (e.g. a NaN check inside a method's modules):
+        # the same failure as a NaN loss, so the experiment records the method as failed.
+        raise NonFiniteLossError(name, reported.step, f"a computed value ({exc})", after=True) from exc
     synchronize(device)
     seconds = time.perf_counter() - start
     if isinstance(out, MethodOutput):
