@@ -75,6 +75,9 @@ class ExperimentConfig:
                                  f"(supports: {', '.join(ms.kinds)})")
         if not isinstance(self.params, Mapping):
             raise ValueError(f"params must map method names to {{field: value}}, got {self.params!r}")
+        # Overrides are kept as their checked values in JSON form ("1e-3" -> 0.001, (3, 5) -> [3, 5]), so
+        # a resolved config survives dict -> JSON -> dict unchanged and replays exactly.
+        params: dict[str, dict[str, Any]] = {}
         for m, overrides in self.params.items():
             if m == "retrain" and overrides:
                 raise ValueError("Retrain is the cached oracle trained with the run's recipe; its parameters "
@@ -83,13 +86,14 @@ class ExperimentConfig:
                 raise ValueError(f"parameters given for method {m!r}, which is not in the run ({', '.join(methods)})")
             if not isinstance(overrides, Mapping):
                 raise ValueError(f"parameters of {m!r} must map field names to values, got {overrides!r}")
-            make_config(m, family, overrides)
+            checked = config_to_dict(make_config(m, family, overrides))
+            params[m] = {k: checked[k] for k in overrides}
         if self.eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
         resolve_device(self.device)
         ordered = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
         return dataclasses.replace(self, model=model, recipe=recipe, forget=str(spec), methods=tuple(ordered),
-                                   seed=int(seed), params={k: dict(v) for k, v in self.params.items()})
+                                   seed=int(seed), params=params)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
