@@ -6,12 +6,19 @@ A run is committed atomically. Its files are written into ``runs/<id>.partial/``
 its method rows. A run that crashed or was cancelled stays ``running``/``cancelled``/``failed``
 and is never listed as complete. Default location: ``$MIXUNLEARN_HOME/store`` (see
 :func:`mixunlearn.utils.home_dir`).
+
+Schema versions: a store written by a newer MixUnlearn is refused with a message. Version 0 is
+the layout before the index had a ``meta`` table: a bare ``runs (id, created, status, config,
+results)`` table. It is migrated in place (the index columns and the per-method rows are filled
+from each run's config and results JSON, a complete run's ``results.json`` is written back); a
+version-0 ``runs`` table without ``id`` or ``config`` cannot be migrated and is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -131,21 +138,27 @@ class RunStore:
                 pass  # e.g. a read-only or network file system: rollback journal still works
             con.execute("BEGIN IMMEDIATE")
             try:
+                tables = {r["name"] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                legacy = "runs" in tables and "meta" not in tables  # version 0: no meta table yet
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     con.execute(stmt)
                 row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 if row is None:
-                    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                    version = SCHEMA_VERSION
+                    version = 0 if legacy else SCHEMA_VERSION
+                    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
                 else:
-                    version = int(row["value"])
+                    try:
+                        version = int(row["value"])
+                    except (TypeError, ValueError):
+                        raise StoreError(f"the run store at {self.root} has an unreadable schema version "
+                                         f"{row['value']!r}; move it aside or set MIXUNLEARN_HOME elsewhere") from None
                 if version > SCHEMA_VERSION:
                     raise StoreError(
                         f"the run store at {self.root} was written by a newer MixUnlearn (schema {version}, "
                         f"this one reads {SCHEMA_VERSION}); upgrade, or point MIXUNLEARN_HOME elsewhere"
                     )
                 for v in range(version, SCHEMA_VERSION):
-                    _MIGRATIONS[v](con)
+                    _MIGRATIONS[v](con, self)
                     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v + 1),))
                 # Additive column (older readers ignore it): which incarnation of ``pid`` owns a run,
                 # so a restarted app that got the same pid (containers) still recovers its dead runs.
@@ -353,8 +366,83 @@ class RunStore:
         return path.read_bytes()
 
 
-def _migrate_0_to_1(con: sqlite3.Connection) -> None:  # pragma: no cover - no version 0 exists yet
-    raise StoreError("run store schema 0 is not supported")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+# Columns a version-0 ``runs`` table may lack, with the default each one starts from.
+_V1_RUN_COLUMNS = {
+    "created": "REAL NOT NULL DEFAULT 0", "finished": "REAL", "status": "TEXT NOT NULL DEFAULT 'interrupted'",
+    "label": "TEXT NOT NULL DEFAULT ''", "dataset": "TEXT NOT NULL DEFAULT ''",
+    "forget": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER", "pid": "INTEGER", "results": "TEXT",
+    "error": "TEXT NOT NULL DEFAULT ''",
+}
+
+
+def _json_or_none(text: Any) -> Any:
+    if not isinstance(text, (str, bytes)):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _migrate_0_to_1(con: sqlite3.Connection, store: RunStore) -> None:
+    """Version 0 (a bare ``runs`` table, no meta table) -> version 1, in the caller's transaction.
+
+    Every row keeps its id, config and results. Index columns come from the config JSON; per-method
+    rows from the results JSON of complete runs; a row whose config or results is not JSON, or
+    whose status is unknown, is kept as ``failed`` / ``interrupted`` so it is never shown as
+    complete; a complete run's ``results.json`` is written back where its folder lacks one.
+    """
+    columns = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+    missing = [c for c in ("id", "config") if c not in columns]
+    if missing:
+        raise StoreError(f"the run store at {store.root} has an old layout without a {missing[0]!r} column in "
+                         "its runs table; it cannot be migrated. Move it aside (a fresh store is created) or set "
+                         "MIXUNLEARN_HOME to another folder")
+    for name, decl in _V1_RUN_COLUMNS.items():
+        if name not in columns:
+            con.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+    for row in con.execute("SELECT * FROM runs").fetchall():
+        run_id = str(row["id"])
+        if not _SAFE_ID.fullmatch(run_id):  # an id is a folder name: never a path
+            run_id = f"legacy-{uuid.uuid4().hex[:12]}"
+            con.execute("UPDATE runs SET id = ? WHERE id = ?", (run_id, row["id"]))
+        config = _json_or_none(row["config"])
+        results = _json_or_none(row["results"]) if row["results"] is not None else None
+        status, error = row["status"], row["error"]
+        if status not in STATUSES:
+            status = "interrupted"
+        if not isinstance(config, dict):
+            config, status, error = {}, "failed", "unreadable config in a version-0 store"
+        if status == "complete" and not isinstance(results, dict):
+            results, status, error = None, "failed", "unreadable results in a version-0 store"
+        seed = config.get("seed")
+        con.execute(
+            "UPDATE runs SET status = ?, error = ?, dataset = ?, forget = ?, seed = ?, config = ?, results = ? "
+            "WHERE id = ?",
+            (status, error or "", str(config.get("dataset", "")), str(config.get("forget", "")),
+             seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+             json.dumps(config, default=str), json.dumps(results, default=str) if results is not None else None,
+             run_id),
+        )
+        if status != "complete":
+            continue
+        for method, rec in (results.get("methods") or {}).items():
+            if not isinstance(rec, dict):
+                continue
+            con.execute(
+                "INSERT OR REPLACE INTO methods VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, str(method), str(rec.get("status", "done")), rec.get("seconds"), rec.get("gap_to_retrain"),
+                 json.dumps(rec.get("metrics", {}), default=str), json.dumps(rec.get("config", {}), default=str),
+                 str(rec.get("error", ""))),
+            )
+        folder = store.runs_dir / run_id
+        if not (folder / "results.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".results.json.migrating"
+            tmp.write_text(json.dumps(results, default=str))
+            os.replace(tmp, folder / "results.json")
 
 
 _MIGRATIONS = {0: _migrate_0_to_1}
