@@ -80,7 +80,8 @@ def describe_error(exc: BaseException) -> str:
         return ("The device ran out of memory. Use a smaller batch size, a smaller model or the CPU, "
                 "then run again.")
     if isinstance(exc, (ValueError, TypeError, KeyError, PermissionError)):
-        text = str(exc).strip("'\"") or type(exc).__name__
+        # str() of a KeyError is the repr of the key: drop those quotes, keep every other message's.
+        text = (str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) or type(exc).__name__
         return f"Invalid setting: {text}. Change it and run again."
     return (f"Unexpected error ({type(exc).__name__}: {exc}). Nothing was saved. Try again; if it keeps "
             f"happening, the technical details are in the job's debug log.")
@@ -251,6 +252,7 @@ class JobView:
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     messages: list[tuple[float, str, str]] = field(default_factory=list)
     version: int = 0
+    cancellable: bool = True  # False once the job is final or past its point of no return
 
     @property
     def final(self) -> bool:
@@ -363,10 +365,11 @@ class Job:
     def view(self, with_history: bool = True) -> JobView:
         with self._lock:
             state, started, finished = self._state, self.started, self.finished
+            cancellable = state in (QUEUED, RUNNING) and not self._no_return
         return JobView(self.id, self.label, self.kind, state, self.gpu, self.created, started, finished,
                        self.message, self.error, self.run_id, self.progress.latest(),
                        self.progress.history() if with_history else {}, self.progress.messages(20),
-                       self.progress.version)
+                       self.progress.version, cancellable)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is final; True when it is."""
@@ -653,7 +656,7 @@ def comparison_rows(results: dict) -> list[dict[str, Any]]:
         rec = methods.get(name)
         if rec is None:
             continue
-        rows.append({"method": name, "display": display.get(name, name), "labels": rec.get("labels", ""),
+        rows.append({"method": name, "display": display.get(name) or _display(name), "labels": rec.get("labels", ""),
                      "status": rec.get("status", "done"), "seconds": rec.get("seconds"),
                      "gap": rec.get("gap_to_retrain"), "error": rec.get("error", ""),
                      "cached": rec.get("cached", False), **(rec.get("metrics") or {})})
@@ -664,6 +667,16 @@ def comparison_rows(results: dict) -> list[dict[str, Any]]:
                      "gap": orig.get("gap_to_retrain"), "error": "", "cached": orig.get("cached", False),
                      **(orig.get("metrics") or {})})
     return rows
+
+
+def _display(name: str) -> str:
+    """A method's display name from the registry (runs stored without the app's names, e.g. by the CLI)."""
+    from .methods import get_method
+
+    try:
+        return get_method(name).display
+    except ValueError:
+        return name
 
 
 def comparison_csv(results: dict) -> str:

@@ -103,9 +103,12 @@ def show_job(job_key: str, *, titles: dict[str, str] | None = None, curves: bool
             _curves(view, titles)
         if curves:
             _live_generator(job, view, titles)
-        if view.active and cancel:
+        if view.active and cancel and view.cancellable:
             st.button("Cancel", key=f"cancel-{view.id}", on_click=job.cancel,
                       help="Stop at the next progress report; nothing is saved.")
+        elif view.active and cancel and view.state != CANCELLING:
+            st.caption("The run is saved and can no longer be cancelled; it finishes its last step "
+                       "(e.g. the embedding projection) in a moment.")
         seen = st.session_state.setdefault(state.K_SEEN_FINAL, [])
         if view.final and view.id not in seen:
             seen.append(view.id)
