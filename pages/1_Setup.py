@@ -7,7 +7,7 @@ import torch
 
 from mixunlearn import figures, jobs
 from mixunlearn.data import parse_forget_spec
-from mixunlearn.datasets import dataset_names, get_info, is_available, load_dataset
+from mixunlearn.datasets import CorruptDataError, dataset_names, get_info, is_available, load_dataset
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.models import MODELS
 from ui import actions, state, widgets
@@ -24,6 +24,15 @@ def _split(name: str, data_root: str, spec: str, seed: int):
     from mixunlearn.data import make_split
 
     return make_split(_dataset(name, data_root), spec, seed)
+
+
+def _share(value) -> float:
+    """A remembered forget share as a slider value in [0.05, 0.95] (0.4 when there is none)."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        return 0.4
+    return min(0.95, max(0.05, share)) if share == share else 0.4
 
 
 def _devices() -> list[str]:
@@ -61,6 +70,13 @@ with widgets.guarded("the setup"):
     if not ok:
         st.error(f"The files of {info.title} are not on this machine. Put {info.files_hint} — or enter the "
                  f"folder that holds them under 'Data folder'. Digits always works offline.")
+    else:
+        try:
+            _dataset(dataset, data_root)  # cached: a damaged file is found here, once, before any button
+        except CorruptDataError as exc:
+            ok = False
+            st.error(f"The files of {info.title} were found but cannot be read: {exc}. Replace the damaged file "
+                     f"(or enter another folder under 'Data folder'); digits always works offline.")
 
     models = [m for m, e in MODELS.items() if e.input_size == info.size]
     model = st.selectbox("Model", models, index=models.index(info.default_model) if info.default_model in models
@@ -75,13 +91,14 @@ with widgets.guarded("the setup"):
         current = s["classes"][0] if s["classes"] and s["classes"][0] < info.n_classes else 0
         picked = st.selectbox("Class to forget", list(range(info.n_classes)), index=current,
                               format_func=lambda c: class_labels[c], key="setup_class")
-        classes, fraction = [int(picked)], 1.0
+        # The share is kept for a later switch to data-level (a class spec ignores it).
+        classes, fraction = [int(picked)], _share(s.get("fraction"))
     else:
         default = [c for c in s["classes"] if c < info.n_classes] or list(range(5, 10))
         classes = st.multiselect("Classes", list(range(info.n_classes)), default=default,
                                  format_func=lambda c: class_labels[c], key=f"setup_classes_{kind}")
         fraction = st.slider("Share of each class" + (" relabelled" if kind == "noisy" else " forgotten"),
-                             0.05, 0.95, float(s.get("fraction", 0.4)), 0.05, key=f"setup_fraction_{kind}")
+                             0.05, 0.95, _share(s.get("fraction")), 0.05, key=f"setup_fraction_{kind}")
     c1, c2 = st.columns(2)
     with c1:
         seed = int(st.number_input("Seed", min_value=0, max_value=10_000, value=int(s["seed"]), step=1,

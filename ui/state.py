@@ -92,7 +92,11 @@ def forget_spec_text(s: dict[str, Any]) -> str:
     classes = ",".join(str(c) for c in sorted(s.get("classes") or []))
     if s["kind"] == "class":
         return f"class:{classes}"
-    return f"{s['kind']}:{classes}:{float(s['fraction']):g}"
+    try:
+        fraction = f"{float(s['fraction']):g}"
+    except (TypeError, ValueError):  # kept as text: parsing the spec then says what is wrong with it
+        fraction = str(s.get("fraction"))
+    return f"{s['kind']}:{classes}:{fraction}"
 
 
 def job(key: str) -> jobs.Job | None:
