@@ -13,6 +13,7 @@ import streamlit as st
 
 from mixunlearn import analysis, figures, jobs, paper
 from mixunlearn.metrics import ALL_METRICS, METRIC_HELP, METRIC_SETS
+from mixunlearn.store import StoreError
 from ui import state, widgets
 
 TITLES = {"test_r": "Test_r", "test_f": "Test_f", "train_r": "Train_r", "train_f": "Train_f", "test": "Test",
@@ -136,8 +137,15 @@ if picked is not None:
                                             title="gap to Retrain and run time"), key="gap_bar")
         st.subheader("Download")
         store = state.store()
-        data = download_zip(run_id, store.read_file(run_id, "results.json").decode(),
-                            store.read_file(run_id, "config.json").decode(),
-                            store.read_file(run_id, "metrics.csv").decode(), level)
+
+        def stored_or(name: str, make) -> str:
+            try:
+                return store.read_file(run_id, name).decode()
+            except StoreError:  # runs stored from the command line (or an old store) keep only results.json
+                return make()
+
+        data = download_zip(run_id, stored_or("results.json", lambda: json.dumps(results)),
+                            stored_or("config.json", lambda: json.dumps(cfg, indent=2, default=str)),
+                            stored_or("metrics.csv", lambda: jobs.comparison_csv(results)), level)
         st.download_button("Download the run (config, metrics CSV, figures as HTML)", data,
                            file_name=f"mixunlearn-{run_id}.zip", mime="application/zip", key="download_run")

@@ -23,7 +23,7 @@ st.caption("Each model's penultimate features of the same test samples, projecte
            "the original model's frame (same seed and settings; rotation, reflection and scale removed by "
            "Procrustes on the shared samples), so positions are comparable across panels. The forgotten class "
            "is red. Select points with the box or lasso tool to see them.")
-picked = widgets.require_run("on the Embeddings page")
+picked = widgets.require_run("on the Embeddings page", analysis=True)
 if picked is not None:
     run_id, row, tensors = picked
     with widgets.guarded("the embeddings"):

@@ -24,7 +24,7 @@ st.caption("If a model has truly forgotten D_f, its losses on the forgotten trai
            "samples it never saw (unseen test samples of the same classes): the red and blue curves overlap, as "
            "for Retrain. A red curve far left of the blue one means D_f is still remembered; far right means it "
            "was pushed away harder than unseen data (itself a membership signal).")
-picked = widgets.require_run("on the Loss KDE page")
+picked = widgets.require_run("on the Loss KDE page", analysis=True)
 if picked is not None:
     run_id, row, tensors = picked
     with widgets.guarded("the loss densities"):

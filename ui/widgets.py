@@ -84,8 +84,10 @@ def no_run_message(what: str) -> None:
         link("unlearn", "Unlearn: choose methods")
 
 
-def require_run(what: str) -> tuple[str, Any, dict] | None:
-    """The chosen complete run (id, row, tensors), or None after showing a helpful message."""
+def require_run(what: str, *, analysis: bool = False) -> tuple[str, Any, dict] | None:
+    """The chosen complete run (id, row, tensors), or None after showing a helpful message.
+    ``analysis``: the page needs the per-model analysis data that app runs store (runs stored by
+    ``python -m mixunlearn run --store`` have metrics only)."""
     try:
         run_id = run_picker()
     except Exception as exc:  # noqa: BLE001 - an unreadable store is a message
@@ -99,6 +101,11 @@ def require_run(what: str) -> tuple[str, Any, dict] | None:
     except Exception as exc:  # noqa: BLE001 - an unreadable run is a message, not a crash
         st.error(f"Run {run_id} cannot be read. {describe_error(exc)} Pick another run in the sidebar, or run "
                  f"the experiment again.")
+        return None
+    if analysis and not (row.results or {}).get("app"):
+        st.info(f"Run {run_id} was stored with its metrics only (e.g. by `python -m mixunlearn run --store`), so "
+                f"there is nothing to show {what}; its metrics are on the Compare page. Run the same setup from "
+                f"the Unlearn page to see it here, or pick another run in the sidebar.")
         return None
     return run_id, row, tensors
 
