@@ -4,13 +4,17 @@ Retrain (from the means, EVALUATION.md §2.3), wall time and its ratio to Retrai
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .experiment import ExperimentConfig, run_experiment
+from .experiment import ExperimentConfig, json_safe, run_experiment
+from .methods import config_to_dict, make_config
 from .metrics import ALL_METRICS, gap_to_retrain, mean_std
-from .progress import Callback
+from .models import MODELS
+from .progress import Callback, ProgressEvent
+from .training import get_recipe
 
 
 def summarise(results: Sequence[dict]) -> list[dict]:
@@ -68,13 +72,57 @@ def to_markdown(rows: list[dict], level: str, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None) -> str:
+def _as_json(obj) -> object:
+    return json.loads(json.dumps(json_safe(obj)))
+
+
+def reusable_result(path: Path, cfg: ExperimentConfig) -> dict | None:
+    """The results.json document at ``path`` when it answers exactly ``cfg`` (a resolved config):
+    the same experiment config, every method done, and every method's full hyper-parameters (and
+    Retrain's recipe) equal to what the code would use now, so a change of defaults is never
+    mistaken for a finished run. Anything else (missing, unreadable, different, failed): None."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or res.get("config") != _as_json(cfg.to_dict()):
+        return None
+    family = MODELS[cfg.model].builder.family
+    methods = res.get("methods")
+    if not isinstance(methods, dict):
+        return None
+    for name in cfg.methods:
+        rec = methods.get(name)
+        if not isinstance(rec, dict) or rec.get("status") != "done":
+            return None
+        if name == "retrain":
+            want = {"recipe": dataclasses.asdict(get_recipe(cfg.recipe))}
+        else:
+            want = config_to_dict(make_config(name, family, cfg.params.get(name, {})))
+        if rec.get("config") != _as_json(want):
+            return None
+    return res
+
+
+def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None,
+              reuse: bool = True) -> str:
+    """Run one experiment per config (one per seed) into ``out/seed{N}.json`` and write the tables.
+    With ``reuse``, a seed whose file already answers the same resolved config (see
+    :func:`reusable_result`) is read back instead of run again, so a grid can be resumed or extended."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for cfg in cfgs:
-        res = run_experiment(cfg, callbacks=callbacks).to_json()
-        (out / f"seed{cfg.seed}.json").write_text(json.dumps(res, indent=1))
+        cfg = cfg.resolved()
+        path = out / f"seed{cfg.seed}.json"
+        res = reusable_result(path, cfg) if reuse else None
+        if res is not None:
+            for cb in callbacks or []:
+                cb(ProgressEvent(source="bench", phase="load", step=1, total=1,
+                                 message=f"reusing {path} (same config, every method done)"))
+        else:
+            res = run_experiment(cfg, callbacks=callbacks).to_json()
+            path.write_text(json.dumps(res, indent=1))
         results.append(res)
     rows = summarise(results)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))

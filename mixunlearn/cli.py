@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="seeds x methods grid -> OUT/table.csv and OUT/table.md")
     common(bench)
     bench.add_argument("--seeds", type=_seeds_arg, default=(0, 1, 2))
+    bench.add_argument("--fresh", action="store_true",
+                       help="run every seed again (default: reuse OUT/seedN.json when it answers the same config)")
     return p
 
 
@@ -239,7 +241,7 @@ def cmd_bench(args) -> int:
     _check_data(cfgs)
     progress = TqdmProgress(enabled=not args.quiet)
     try:
-        table = run_bench(cfgs, out, callbacks=[progress])
+        table = run_bench(cfgs, out, callbacks=[progress], reuse=not args.fresh)
     finally:
         progress.close()
     print(table)

@@ -328,3 +328,48 @@ def test_stored_run_that_fails_or_is_cancelled_is_recorded_so(exc, rc, status, t
     runs = RunStore().list_runs(status=None)
     assert [r.status for r in runs] == [status]
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_resumes_from_matching_seed_files_only(warm_home, digits_class3, tmp_path, capsys):
+    from mixunlearn.bench import reusable_result
+    from mixunlearn.experiment import ExperimentConfig
+
+    out = tmp_path / "grid"
+    base = ["bench", "--methods", "retrain,neggrad", "--no-attacks", "--quiet", "--out", str(out)]
+    rc, _, err = in_process(base + ["--param", "neggrad.epochs=1", "--seeds", "0"], capsys)
+    assert rc == 0, err
+    seed0 = out / "seed0.json"
+    first = seed0.read_text()
+    stamp = seed0.stat().st_mtime_ns
+    # The same grid again: the seed file is read back, not rewritten, and the table is the same.
+    table1 = (out / "table.md").read_text()
+    rc, _, err = in_process(base + ["--param", "neggrad.epochs=1", "--seeds", "0"], capsys)
+    assert rc == 0, err
+    assert seed0.stat().st_mtime_ns == stamp and (out / "table.md").read_text() == table1
+    # Another hyper-parameter is another experiment: seed 0 runs again.
+    rc, _, err = in_process(base + ["--param", "neggrad.epochs=2", "--seeds", "0"], capsys)
+    assert rc == 0, err
+    assert json.loads(seed0.read_text())["methods"]["neggrad"]["config"]["epochs"] == 2
+    # --fresh reruns even a matching file; a damaged file is rerun, not trusted.
+    seed0.write_text(first)
+    stamp = seed0.stat().st_mtime_ns
+    rc, _, err = in_process(base + ["--param", "neggrad.epochs=1", "--seeds", "0", "--fresh"], capsys)
+    assert rc == 0, err
+    assert seed0.stat().st_mtime_ns != stamp
+    seed0.write_text(first[: len(first) // 2])
+    rc, _, err = in_process(base + ["--param", "neggrad.epochs=1", "--seeds", "0"], capsys)
+    assert rc == 0, err
+    assert json.loads(seed0.read_text())["methods"]["neggrad"]["status"] == "done"
+    # A file made with other method defaults (here: another lr) or with a failed method is not reused.
+    cfg = ExperimentConfig(dataset="digits", forget="class:3", methods=("retrain", "neggrad"), seed=0,
+                           params={"neggrad": {"epochs": 1}}, attacks=False).resolved()
+    good = seed0.read_text()
+    assert reusable_result(seed0, cfg) is not None
+    doc = json.loads(good)
+    doc["methods"]["neggrad"]["config"]["lr"] *= 10
+    seed0.write_text(json.dumps(doc))
+    assert reusable_result(seed0, cfg) is None
+    doc = json.loads(good)
+    doc["methods"]["neggrad"]["status"] = "failed"
+    seed0.write_text(json.dumps(doc))
+    assert reusable_result(seed0, cfg) is None
