@@ -312,3 +312,28 @@ def test_unsir_noise_is_a_full_batch_labelled_with_the_forgotten_class(task):
         acc_f = (res.model(data.forget_x).argmax(1) == data.forget_y).float().mean()
         acc_f0 = (original.eval()(data.forget_x).argmax(1) == data.forget_y).float().mean()
     assert acc_f < acc_f0
+
+
+# --------------------------------------------------------------------------- gradient-norm clip (RL, SalUn, SCRUB)
+
+
+@pytest.mark.parametrize("name", ["random_label", "salun", "scrub"])
+def test_gradient_clip_bounds_every_update(task, name):
+    """``clip`` bounds each step's gradient norm: with a tiny clip the weights barely move, without it
+    (0 = off, the default outside LAF's CNN) the same run moves them far more."""
+    data, original = task
+    common = {"lr": 0.01, "epochs": 1}
+    free = run_method(name, original, data, {**common, "clip": 0.0}).model
+    tight = run_method(name, original, data, {**common, "clip": 1e-6}).model
+    start = _params(original)
+
+    def moved(model):
+        return max((p.detach() - start[n]).abs().max().item() for n, p in model.named_parameters())
+
+    assert moved(free) > 1e-3
+    assert moved(tight) < 1e-4 < moved(free)
+
+
+def test_cnn_family_clips_the_methods_that_collapsed_on_fashion_mnist():
+    for name, clip in (("random_label", 5.0), ("salun", 5.0), ("scrub", 50.0)):
+        assert make_config(name, "cnn").clip == clip and make_config(name, "digits").clip == 0.0

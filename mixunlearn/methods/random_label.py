@@ -38,9 +38,13 @@ class RandomLabelConfig(MethodConfig):
     batch_size: int = param(64, "batch size (CNN 64, ResNet-18 256)", min=1, max=4096)
     weight_decay: float = param(0.0, "weight decay (ResNet-18 5e-4)", min=0.0, max=0.1)
     augment: bool = param(False, "use the original training's augmentation (ResNet-18: on)")
+    clip: float = param(0.0, "gradient-norm clip, 0 = off [ours]; LAF's 2-conv CNN: 5 (its large logits make "
+                        "the first random-label steps explode and the model collapse to one class)",
+                        min=0.0, max=1e6)
 
     FAMILY_DEFAULTS = {"resnet": {"lr": 0.01, "epochs": 10, "batch_size": 256, "weight_decay": 5e-4,
-                                  "augment": True}}
+                                  "augment": True},
+                       "cnn": {"clip": 5.0}}
 
 
 def rl_steps(data, epochs: int, batch_size: int) -> int:
@@ -58,17 +62,19 @@ def rl_epochs(
     batch_size: int,
     *,
     after_step: Callable[[], None] | None = None,
+    clip: float = 0.0,
 ) -> None:
-    """RL's epochs: D_f with fresh random *wrong* labels, then D_r with the stored labels."""
+    """RL's epochs: D_f with fresh random *wrong* labels, then D_r with the stored labels
+    (gradient norm clipped at ``clip`` when it is positive)."""
     y = data.y_train
     for _ in range(epochs):
         # Fresh draws every epoch; only the D_f entries of ``targets`` are ever read.
         targets = y.clone()
         targets[data.forget_idx] = random_wrong_labels(y[data.forget_idx], data.n_classes, loop.gen)
         ce_epochs(model, loop, data.forget_idx, targets, opt, 1, batch_size, after_step=after_step,
-                  loss_name="forget_ce_random")
+                  loss_name="forget_ce_random", clip=clip or None)
         ce_epochs(model, loop, data.retain_idx, y, opt, 1, batch_size, after_step=after_step,
-                  loss_name="retain_ce")
+                  loss_name="retain_ce", clip=clip or None)
 
 
 @register_method(
@@ -80,5 +86,5 @@ def random_label(model, data, cfg: RandomLabelConfig, *, device, callbacks):
     loop = MethodLoop("random_label", data, callbacks, rl_steps(data, cfg.epochs, cfg.batch_size),
                       augment=cfg.augment, model=model)
     opt = make_optimizer(model.parameters(), "sgd", cfg.lr, cfg.weight_decay)
-    rl_epochs(model, loop, data, opt, cfg.epochs, cfg.batch_size)
+    rl_epochs(model, loop, data, opt, cfg.epochs, cfg.batch_size, clip=cfg.clip)
     return loop.finish(model)

@@ -49,9 +49,12 @@ class SalUnConfig(MethodConfig):
     weight_decay: float = param(0.0, "weight decay (ResNet-18 5e-4); masked-out weights are restored after "
                                 "every step, so it never moves them", min=0.0, max=0.1)
     augment: bool = param(False, "use the original training's augmentation during RL (ResNet-18: on)")
+    clip: float = param(0.0, "gradient-norm clip during RL, 0 = off [ours]; LAF's 2-conv CNN: 5 (as RL)",
+                        min=0.0, max=1e6)
 
     FAMILY_DEFAULTS = {"resnet": {"lr": 0.013, "epochs": 10, "batch_size": 256, "weight_decay": 5e-4,
-                                  "augment": True}}
+                                  "augment": True},
+                       "cnn": {"clip": 5.0}}
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -125,7 +128,7 @@ def salun(model, data, cfg: SalUnConfig, *, device, callbacks):
                 buf.mul_(mask[n])
 
     try:
-        rl_epochs(model, loop, data, opt, cfg.epochs, cfg.batch_size, after_step=restore)
+        rl_epochs(model, loop, data, opt, cfg.epochs, cfg.batch_size, after_step=restore, clip=cfg.clip)
     finally:
         for h in hooks:
             h.remove()
