@@ -52,8 +52,8 @@ class UnsirConfig(MethodConfig):
     retain_per_class: int = param(1000, "retain subset: images per retained class, capped at the class size [ref]",
                                   min=1, max=100_000)
     impair_lr: float = param(0.02, "Adam learning rate of the impair step [ref 0.02]; digits 1e-3, chosen on the "
-                             "digits validation split, where 0.02 wrecked the tiny model (retain accuracy ~15%); LAF's CNN 1e-3 "
-                             "(Fashion-MNIST validation: 0.02 left a one-class model)",
+                             "digits validation split, where 0.02 wrecked the tiny model (retain accuracy ~15%); "
+                             "LAF's CNN 1e-3 (Fashion-MNIST validation: 0.02 left a one-class model)",
                              min=1e-6, max=1.0, log=True)
     repair_lr: float = param(0.01, "Adam learning rate of the repair step [ref]; LAF's CNN 1e-3 (validation)",
                              min=1e-6, max=1.0, log=True)
