@@ -127,7 +127,9 @@ def test_default_demo_in_a_real_browser(server):
             _goto(page, "Embeddings")
             chart = page.locator(".js-plotly-plot").first
             expect(chart).to_be_visible(timeout=120_000)
-            assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 10  # 5 models x 2 traces
+            # Plotly draws after the frame is visible; wait (on a loaded machine) for the 10th trace:
+            # 5 models x 2 traces.
+            expect(page.locator(".js-plotly-plot .scatterlayer .trace").nth(9)).to_be_attached(timeout=60_000)
             expect(page.locator(".js-plotly-plot").get_by_text("MixUnlearn").first).to_be_visible()
             _no_exception(page)
             _shot(page, "embeddings")
