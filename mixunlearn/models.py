@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .utils import seeded
+
 
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std, as fixed buffers (saved with the model)."""
@@ -188,8 +190,7 @@ def build_model(name: str, info=None, seed: int | None = None) -> UnlearnModel:
             )
         kwargs = dict(mean=info.mean, std=info.std, in_channels=info.channels, num_classes=info.n_classes)
     if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return entry.builder(**kwargs)
     return entry.builder(**kwargs)
 
@@ -204,8 +205,7 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     import copy
 
     new = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for m in new.modules():
             if m is not new and hasattr(m, "reset_parameters"):
                 m.reset_parameters()

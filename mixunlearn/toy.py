@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .utils import seeded
+
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -79,8 +81,7 @@ def make_blobs(cfg: ToyConfig, seed_offset: int = 0) -> tuple[torch.Tensor, torc
 
 
 def make_mlp(cfg: ToyConfig, seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
                              nn.Linear(cfg.hidden, cfg.n_blobs))
 

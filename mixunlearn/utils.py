@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +50,27 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     raise ValueError(f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N, mps")
 
 
+# torch's global RNG is shared by every thread of the process. Code that seeds it to build
+# something reproducibly (models, MixBlock, VAEs) holds this lock for the whole seeded section, so
+# two runs in two threads (two app sessions) cannot reseed or draw from it in between.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global RNG seeded to ``seed``, holding :data:`GLOBAL_RNG_LOCK`;
+    the global RNG state is restored afterwards."""
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    with GLOBAL_RNG_LOCK:  # never reseed inside another thread's seeded section
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
     g = torch.Generator()
     g.manual_seed(seed)
     return g

@@ -525,17 +525,6 @@ def test_two_experiment_jobs_at_once_give_the_results_of_two_runs_alone(tiny_rec
     run gives alone: no shared random state, no crossed models, separate runs in the store."""
     from mixunlearn.experiment import run_experiment
 
-    # One intra-op thread for the whole test: with several, a loaded machine can change how a
-    # reduction is split between threads, and so its last bits, in either run.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _two_jobs_at_once(tiny_recipe, tmp_path, run_experiment)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _two_jobs_at_once(tiny_recipe, tmp_path, run_experiment):
     configs = {"a": _config(forget="class:3", seed=0, methods=("retrain", "finetune", "neggrad")),
                "b": _config(forget="data:5-9:0.4", seed=1, methods=("retrain", "finetune", "neggrad"))}
     alone = {k: run_experiment(c, cache=ModelCache(tmp_path / f"alone-{k}")).to_json() for k, c in configs.items()}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..utils import GLOBAL_RNG_LOCK
 from ._loop import MethodLoop, ce_epochs, make_optimizer, steps_per_epoch
 from .base import MethodConfig, param, register_method
 
@@ -69,7 +70,8 @@ def widen(model: nn.Module, generator: torch.Generator) -> int:
     """Replace the output layer by one with a shadow row; return K (the shadow class's index)."""
     parent, attr, old = last_linear(model)
     k = old.out_features
-    new = nn.Linear(old.in_features, k + 1, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    with GLOBAL_RNG_LOCK:  # nn.Linear's own init draws from the global RNG (overwritten below)
+        new = nn.Linear(old.in_features, k + 1, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
     _copy_rows(old, new, k)
     bound = 1.0 / math.sqrt(old.in_features)  # nn.Linear's default init range, drawn from our generator
     with torch.no_grad():
@@ -86,7 +88,8 @@ def prune(model: nn.Module, k: int) -> None:
     parent, attr, wide = last_linear(model)
     if wide.out_features != k + 1:
         raise RuntimeError(f"expected {k + 1} outputs before pruning, found {wide.out_features}")
-    narrow = nn.Linear(wide.in_features, k, bias=wide.bias is not None).to(wide.weight.device, wide.weight.dtype)
+    with GLOBAL_RNG_LOCK:  # nn.Linear's own init draws from the global RNG (every row is copied over)
+        narrow = nn.Linear(wide.in_features, k, bias=wide.bias is not None).to(wide.weight.device, wide.weight.dtype)
     _copy_rows(wide, narrow, k)
     setattr(parent, attr, narrow)
 

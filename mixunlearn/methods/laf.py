@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..utils import seeded
 from ._loop import (
     MethodLoop,
     freeze,
@@ -175,8 +176,7 @@ def fit_vae(embeddings: torch.Tensor, cfg: LAFConfig, loop: MethodLoop, name: st
     """Fit a fresh VAE on fixed ``embeddings`` (of the original model); return it frozen."""
     # The VAE's initial weights come from the loop's generator, so a run never reads global RNG.
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=loop.gen, device=loop.gen.device))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         vae = EmbeddingVAE(embeddings.shape[1], cfg.latent_dim, cfg.vae_output)
     vae = vae.to(embeddings.device).train()
     opt = make_optimizer(vae.parameters(), "adam", cfg.vae_lr)

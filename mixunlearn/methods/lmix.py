@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from ..utils import seeded
 from ._loop import MethodLoop, freeze
 from .base import param, register_method
 from .laf import LAFConfig, laf_stage, laf_steps
@@ -67,8 +68,7 @@ def _mix_loss_fn(original, cfg: LMixConfig, loop: MethodLoop, n_classes: int):
         # λ must come from the task seed: torch's Beta sampler takes no generator, so draw a seed
         # from the loop's generator and sample under it (the global RNG is restored afterwards).
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=loop.gen, device=loop.gen.device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             lam = float(beta.sample())
         perm = torch.randperm(len(b_f), generator=loop.gen, device=loop.gen.device).to(x_r.device)
         x_r_perm = x_r[perm]

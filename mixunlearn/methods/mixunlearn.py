@@ -47,6 +47,7 @@ from ..data import UnlearnData
 from ..generator import MixBlock, mix_images, vanilla_mask, vanilla_mix
 from ..losses import contrastive_sum, pair_terms, real_loss, sharpen, sim_loss
 from ..progress import Callback, ProgressEvent, emit
+from ..utils import seeded
 from ._loop import MethodLoop, freeze, make_optimizer, steps_per_epoch
 from .base import MethodConfig, MethodOutput, param, register_method
 
@@ -191,8 +192,7 @@ class MixUnlearnTrainer:
         if self.use_gen:
             with torch.no_grad():
                 channels = self.f_d.mix_feature_map(data.x_train[data.forget_idx[:1]]).shape[1]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(data.seed * 7919 + 11)
+            with seeded(data.seed * 7919 + 11):
                 g = MixBlock(channels, lam_concat=cfg.lam_concat, upsample=cfg.upsample)
             self.g = g.to(self.device)
             self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_generator)
