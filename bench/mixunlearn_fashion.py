@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mixunlearn.methods import run_method  # noqa: E402
+from mixunlearn.methods.mixunlearn import generator_movement  # noqa: E402
 from mixunlearn.metrics import evaluate, gap_to_retrain, metric_set  # noqa: E402
 from mixunlearn.paper import paper_rows  # noqa: E402
 from mixunlearn.utils import device_name, resolve_device  # noqa: E402
@@ -37,19 +38,6 @@ from tune_mixunlearn import load_setting  # noqa: E402
 MODES = ("mixunlearn", "mixunlearn_agnostic")
 LABEL = {"retrain": "Retrain", "original": "Original", "mixunlearn": "MixUnlearn (aware)",
          "mixunlearn_agnostic": "MixUnlearn (agnostic)"}
-
-
-def mask_summary(extras: dict) -> dict:
-    """How far the generator moved from its 50/50 start: the mask's mean forget share and spatial
-    standard deviation over the first and the last tenth of the run's history."""
-    hist = [h for h in extras.get("history", []) if "mask_share" in h]
-    if not hist:
-        return {}
-    k = max(1, len(hist) // 10)
-    pick = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
-    return {"share_first": pick(hist[:k], "mask_share"), "share_last": pick(hist[-k:], "mask_share"),
-            "std_first": pick(hist[:k], "mask_std"), "std_last": pick(hist[-k:], "mask_std"),
-            "lam_share_corr": float(np.corrcoef([r["lam"] for r in hist], [r["mask_share"] for r in hist])[0, 1])}
 
 
 def collect(specs: list[str], seeds: list[int], out: Path, device, allow_train: bool) -> tuple[list[dict], list]:
@@ -82,7 +70,7 @@ def collect(specs: list[str], seeds: list[int], out: Path, device, allow_train: 
                 res = run_method(mode, original, data, device=device)
                 new.append({"spec": spec, "seed": seed, "method": mode, "metrics": evaluate(res.model, data, seed),
                             "seconds": res.seconds, "config": res.config,
-                            "retrain_train_seconds": secs["retrain"], "generator": mask_summary(res.extras)})
+                            "retrain_train_seconds": secs["retrain"], "generator": generator_movement(res.extras)})
                 print(f"{spec} seed {seed} {mode}: {({k: round(v, 2) for k, v in new[-1]['metrics'].items()})} "
                       f"({time.time() - t0:.0f}s)", flush=True)
             with log.open("a") as fh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import threading
@@ -56,7 +55,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 GLOBAL_RNG_LOCK = threading.RLock()
 
 
-@contextlib.contextmanager
+@contextmanager
 def seeded(seed: int):
     """Run the block with torch's global RNG seeded to ``seed``, holding :data:`GLOBAL_RNG_LOCK`;
     the global RNG state is restored afterwards."""

@@ -458,3 +458,15 @@ def test_gpu_speed_script_cpu_path():
         row = mod.run_one(name, data, torch.device("cpu"), steps=1, warmup=1, amp=True)
         assert row["steps_timed"] == 1 and row["steps_per_s"] > 0
         assert row["peak_mem_mib"] is None and row["amp"] is False  # no CUDA here
+
+
+def test_generator_movement_summarises_the_history():
+    from mixunlearn.methods.mixunlearn import generator_movement
+
+    hist = [{"mask_share": 0.5 + i / 100, "mask_std": i / 1000, "lam": i / 20} for i in range(20)]
+    m = generator_movement({"history": hist})
+    assert m["share_first"] == pytest.approx(0.505) and m["share_last"] == pytest.approx(0.685)
+    assert (m["share_min"], m["share_max"]) == (pytest.approx(0.5), pytest.approx(0.69))
+    assert m["std_last"] == pytest.approx(0.0185) and m["std_max"] == pytest.approx(0.019)
+    assert m["lam_share_corr"] == pytest.approx(1.0)
+    assert generator_movement({}) == {}

@@ -446,6 +446,22 @@ _SUMMARY = ("adversarial mixup unlearning: a MixBlock generator makes hard forge
 _PAPER = "Peng, Tang and Yang, Adversarial Mixup Unlearning, ICLR 2025 (arXiv 2502.10288)"
 
 
+def generator_movement(extras: dict) -> dict[str, float]:
+    """How far the generator moved from its 50/50 start, from a run's ``extras["history"]``: the
+    mask's mean forget share and spatial standard deviation over the first and the last tenth of
+    the history, their range over the whole run, and the correlation of the share with λ."""
+    hist = [h for h in extras.get("history", []) if "mask_share" in h]
+    if not hist:
+        return {}
+    k = max(1, len(hist) // 10)
+    share = [float(h["mask_share"]) for h in hist]
+    std = [float(h["mask_std"]) for h in hist]
+    return {"share_first": float(np.mean(share[:k])), "share_last": float(np.mean(share[-k:])),
+            "share_min": min(share), "share_max": max(share),
+            "std_first": float(np.mean(std[:k])), "std_last": float(np.mean(std[-k:])), "std_max": max(std),
+            "lam_share_corr": float(np.corrcoef([float(h["lam"]) for h in hist], share)[0, 1])}
+
+
 @register_method("mixunlearn", config=MixUnlearnConfig, labels="aware", display="MixUnlearn", in_paper=True,
                  summary=_SUMMARY + "; label-aware targets (one-hot labels)", paper=_PAPER)
 def mixunlearn(model, data, cfg: MixUnlearnConfig, *, device, callbacks):
