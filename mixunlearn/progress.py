@@ -100,11 +100,20 @@ class Reporter:
             self.flush(data=data, phase=phase)
 
     def flush(self, data: dict | None = None, phase: str | None = None) -> None:
-        if self._bad is not None and bool(self._bad):
-            names = [n for n, v in self._pending.items() if not all(math.isfinite(float(t)) for t in v)]
+        pending = {n: v for n, v in self._pending.items() if v}
+        bad = self._bad
+        # One host transfer per flush (one CUDA sync, not one per loss): every mean and the NaN flag
+        # travel together. Values may come from different devices (a Python float next to a CUDA loss).
+        dev = next(iter(pending.values()))[0].device if pending else (bad.device if bad is not None else None)
+        parts = [torch.stack([t.to(dev) for t in v]).mean() for v in pending.values()]
+        if bad is not None:
+            parts.append(bad.to(dev).float())
+        host = torch.stack(parts).tolist() if parts else []
+        if bad is not None and host[-1]:
+            # A mean is non-finite exactly when one of its values is (NaN and inf propagate).
+            names = [n for n, m in zip(pending, host) if not math.isfinite(m)]
             raise NonFiniteLossError(self.source, self.step_count, f"loss {'/'.join(names) or '?'}")
-        # Values of one name may come from different devices (a Python float next to a CUDA loss).
-        means = {n: float(torch.stack([t.to(v[0].device) for t in v]).mean()) for n, v in self._pending.items() if v}
+        means = dict(zip(pending, host[:len(pending)]))
         self._pending = {}
         self._bad = None
         if means:

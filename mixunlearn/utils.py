@@ -6,6 +6,9 @@ import os
 import random
 import threading
 import time
+import traceback
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +105,49 @@ def timed(device: torch.device | str) -> Iterator[dict[str, float]]:
     finally:
         synchronize(device)
         out["seconds"] = time.perf_counter() - start
+
+
+class SyncCount:
+    """What :func:`count_cuda_syncs` saw: ``count`` syncs, and where (``sites()``, most frequent first)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sites: Counter[str] = Counter()
+
+    def sites(self) -> list[tuple[str, int]]:
+        return self._sites.most_common()
+
+
+@contextmanager
+def count_cuda_syncs() -> Iterator[SyncCount]:
+    """Count the CUDA operations that make the host wait for the GPU inside the block, with the
+    Python line that caused each (torch's sync debug mode in "warn"). For tests and benchmarks:
+    it swaps the process's warning handler, so do not use it around concurrent work."""
+    seen = SyncCount()
+    if not torch.cuda.is_available():
+        yield seen
+        return
+    here = os.path.abspath(__file__)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return previous(message, category, filename, lineno, file, line)
+        seen.count += 1
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if os.path.abspath(f.filename) != here and "warnings" not in os.path.basename(f.filename)]
+        site = frames[-1] if frames else None
+        seen._sites[f"{site.filename}:{site.lineno} ({site.name})" if site else "?"] += 1
+
+    mode = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous = warnings.showwarning
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield seen
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
 
 
 def device_name(device: torch.device | str) -> str:

@@ -270,7 +270,7 @@ class Events:
             raise RunCancelled("stop")
 
 
-def _smoke(name, data, original):
+def _smoke(name, data, original, device="cpu"):
     spec = get_method(name)
     if data.spec.kind not in spec.kinds:
         pytest.skip(f"{name} does not support {data.spec.kind}-level forgetting")
@@ -278,15 +278,16 @@ def _smoke(name, data, original):
     cfg = make_config(name, original.family, _short_overrides(name))
     events = Events()
     torch.manual_seed(0)
-    res = run_method(name, original, data, cfg, device="cpu", callbacks=[events])
+    res = run_method(name, original, data, cfg, device=device, callbacks=[events])
     model = res.model
+    assert all(p.device.type == torch.device(device).type for p in model.parameters())
     own, ref = model.state_dict(), original.state_dict()
     assert list(own) == list(ref) and all(own[k].shape == ref[k].shape for k in ref)
     assert all(bool(torch.isfinite(v.float()).all()) for v in own.values())
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # f_D untouched
     assert events.events, "no progress event"
     assert all(isinstance(e, ProgressEvent) and e.total >= 0 for e in events.events)
-    metrics = evaluate(model, data, attacks=False)
+    metrics = evaluate(model, data.to(device), attacks=False)
     assert {"test_r", "test_f", "train_r", "train_f", "test"} <= set(metrics) <= set(ALL_METRICS)
     assert all(0.0 <= v <= 100.0 for v in metrics.values() if not math.isnan(v))
     assert res.seconds > 0 and json.dumps(res.config)
@@ -300,6 +301,14 @@ def test_every_method_smoke_class_level(name, small_class):
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_every_method_smoke_data_level(name, small_data):
     _smoke(name, *small_data)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_every_method_smoke_cuda(name, small_class, small_data):  # pragma: no cover - CPU-only machines
+    _smoke(name, *small_class, device="cuda")
+    if "data" in get_method(name).kinds:
+        _smoke(name, *small_data, device="cuda")
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)

@@ -341,6 +341,7 @@ class MixUnlearnTrainer:
             fi = torch.randperm(len(self.data.forget_idx), generator=g)[:p].to(self.device)
             ri = torch.randperm(len(self.data.retain_idx), generator=g)[:p].to(self.device)
             self._probe = self.make_batch(self.data.forget_idx[fi], self.data.retain_idx[ri], augment=False)
+            self._probe_lams = torch.tensor(PROBE_LAMS, dtype=torch.float32, device=self.device)  # uploaded once
         return self._probe
 
     @torch.no_grad()
@@ -356,7 +357,7 @@ class MixUnlearnTrainer:
         assert self.g is not None
         b = self._probe_batch()
         n_l, n_p = len(PROBE_LAMS), len(b.x_f)
-        lams = torch.tensor(PROBE_LAMS, dtype=torch.float32, device=self.device)
+        lams = self._probe_lams
         lam_vec = lams.repeat_interleave(n_p)
         rep = lambda t: t.repeat(n_l, *([1] * (t.dim() - 1)))  # noqa: E731
         was_g, was_u = self.g.training, self.f_u.training
@@ -394,8 +395,12 @@ class MixUnlearnTrainer:
             "sim_f": sim_loss(probs, rep(b.p_f)).reshape(shape),
             "sim_r": sim_loss(probs, rep(b.p_r)).reshape(shape),
         }
-        out = {k: (v.detach().float().cpu() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                   else v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in snap.items()}
+        # To the host with one wait for the GPU, not one per tensor: asynchronous copies (into pinned
+        # memory), then a single stream sync before anything reads them.
+        out = {k: (v.detach().float() if v.is_floating_point() else v.detach()).to("cpu", non_blocking=True)
+               if isinstance(v, torch.Tensor) else v for k, v in snap.items()}
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
         emit(self.callbacks, ProgressEvent(self.name, "generator", int(step), self.total,
                                            data={"snapshot": out}))
         self.snapshots.append(out)
