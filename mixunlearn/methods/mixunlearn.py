@@ -71,11 +71,11 @@ class MixUnlearnConfig(MethodConfig):
     # τ = 20, not METHOD.md's original 1.0: at τ_real = 1 data-level forgetting wipes out the forgotten
     # classes (Train_f -> 0, Retrain ~90-98) on both small CNNs (validation sweep, docs/mixunlearn.md).
     tau_gen: float = param(20.0, "temperature τ_gen of the generator loss (denominator only)", min=0.05,
-                           max=20.0, log=True)
+                           max=100.0, log=True)
     tau_mix: float = param(20.0, "temperature τ_mix of the mix loss (small = favour forgetting)", min=0.05,
-                           max=20.0, log=True)
+                           max=100.0, log=True)
     tau_real: float = param(20.0, "temperature τ_real of the real-sample loss (small = favour forgetting; "
-                            "1 collapses data-level forgetting)", min=0.05, max=20.0, log=True)
+                            "1 collapses data-level forgetting)", min=0.05, max=100.0, log=True)
     omega: float = param(1.0, "weight ω of L_real in L_mix + ω·L_real", min=0.1, max=5.0)
     alpha: float = param(0.75, "λ ~ Beta(α, α), drawn once per batch, separately for each step", min=0.2, max=2.0)
     sharpen: bool = param(True, "agnostic mode: sharpen f_D's outputs (off = plain softmax; ablation)")
