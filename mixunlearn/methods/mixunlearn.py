@@ -47,7 +47,7 @@ from ..data import UnlearnData
 from ..generator import MixBlock, mix_images, vanilla_mask, vanilla_mix
 from ..losses import contrastive_sum, pair_terms, real_loss, sharpen, sim_loss
 from ..progress import Callback, ProgressEvent, emit
-from ..utils import seeded
+from ..utils import seeded, synchronize
 from ._loop import MethodLoop, freeze, make_optimizer, steps_per_epoch
 from .base import MethodConfig, MethodOutput, param, register_method
 
@@ -399,8 +399,8 @@ class MixUnlearnTrainer:
         # memory), then a single stream sync before anything reads them.
         out = {k: (v.detach().float() if v.is_floating_point() else v.detach()).to("cpu", non_blocking=True)
                if isinstance(v, torch.Tensor) else v for k, v in snap.items()}
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
+        if self.device.type != "cpu":
+            synchronize(self.device)  # CUDA and MPS: the copies are complete before anyone reads them
         emit(self.callbacks, ProgressEvent(self.name, "generator", int(step), self.total,
                                            data={"snapshot": out}))
         self.snapshots.append(out)
