@@ -88,11 +88,13 @@ def ce_epochs(
     extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
     clip: float | None = None,
     after_step: Callable[[], None] | None = None,
+    stop: Callable[[], bool] | None = None,
     loss_name: str = "ce",
-) -> None:
+) -> bool:
     """Plain epochs of ``sign * CE(model(x[idx]), labels[idx])`` (+ ``extra_loss(model, step)``).
 
-    ``labels`` is indexed like the training set (so ``labels[idx]`` are the targets).
+    ``labels`` is indexed like the training set (so ``labels[idx]`` are the targets). ``stop`` is
+    asked after every reported step; when it answers True the epochs end there and True is returned.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,6 +110,9 @@ def ce_epochs(
             if after_step is not None:
                 after_step()
             loop.step(losses)
+            if stop is not None and stop():
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- appended for the baselines (issue 4)
