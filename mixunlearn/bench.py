@@ -76,53 +76,100 @@ def _as_json(obj) -> object:
     return json.loads(json.dumps(json_safe(obj)))
 
 
-def reusable_result(path: Path, cfg: ExperimentConfig) -> dict | None:
-    """The results.json document at ``path`` when it answers exactly ``cfg`` (a resolved config):
-    the same experiment config, every method done, and every method's full hyper-parameters (and
-    Retrain's recipe) equal to what the code would use now, so a change of defaults is never
-    mistaken for a finished run. Anything else (missing, unreadable, different, failed): None."""
+def _method_config(name: str, cfg: ExperimentConfig, family: str) -> dict:
+    if name == "retrain":
+        return _as_json({"recipe": dataclasses.asdict(get_recipe(cfg.recipe))})
+    return _as_json(config_to_dict(make_config(name, family, cfg.params.get(name, {}))))
+
+
+def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, list[str]]:
+    """What of the seed document at ``path`` can stand for ``cfg`` (a resolved config).
+
+    Returns ``(doc, to_run)``. ``doc`` is the stored document when it is the same experiment --
+    every field of the config but the method list and their parameters equal, Retrain done with
+    the same recipe -- else None (and everything must run). ``to_run`` lists the methods of
+    ``cfg`` whose stored record is missing, not done, or made with other hyper-parameters than
+    the code would use now (a change of defaults is never mistaken for a finished run)."""
+    wanted = [m for m in cfg.methods if m != "retrain"]
     try:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(res, dict) or res.get("config") != _as_json(cfg.to_dict()):
-        return None
+        return None, wanted
+    if not isinstance(res, dict) or not isinstance(res.get("methods"), dict) or not isinstance(res.get("config"), dict):
+        return None, wanted
+    same = lambda d: {k: v for k, v in d.items() if k not in ("methods", "params")}  # noqa: E731
+    if same(res["config"]) != same(_as_json(cfg.to_dict())):
+        return None, wanted
     family = MODELS[cfg.model].builder.family
-    methods = res.get("methods")
-    if not isinstance(methods, dict):
-        return None
-    for name in cfg.methods:
+    methods = res["methods"]
+
+    def done(name: str) -> bool:
         rec = methods.get(name)
-        if not isinstance(rec, dict) or rec.get("status") != "done":
-            return None
-        if name == "retrain":
-            want = {"recipe": dataclasses.asdict(get_recipe(cfg.recipe))}
-        else:
-            want = config_to_dict(make_config(name, family, cfg.params.get(name, {})))
-        if rec.get("config") != _as_json(want):
-            return None
-    return res
+        return isinstance(rec, dict) and rec.get("status") == "done" and rec.get("config") == _method_config(
+            name, cfg, family)
+
+    if not done("retrain") or not isinstance(res.get("original"), dict):
+        return None, wanted
+    return res, [m for m in wanted if not done(m)]
+
+
+def reusable_result(path: Path, cfg: ExperimentConfig) -> dict | None:
+    """The document at ``path`` when it answers all of ``cfg`` (see :func:`reusable_records`):
+    the same experiment and every method done with today's hyper-parameters; else None."""
+    doc, to_run = reusable_records(path, cfg)
+    if doc is None or to_run:
+        return None
+    return _restricted(doc, cfg)
+
+
+def _restricted(doc: dict, cfg: ExperimentConfig) -> dict:
+    """``doc`` with exactly the methods of ``cfg``, in its order (Retrain first), and its config."""
+    return {**doc, "config": _as_json(cfg.to_dict()),
+            "methods": {m: doc["methods"][m] for m in cfg.methods}}
+
+
+def _say(callbacks: list[Callback] | None, text: str) -> None:
+    for cb in callbacks or []:
+        cb(ProgressEvent(source="bench", phase="load", step=1, total=1, message=text))
+
+
+def _write(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)  # a killed run never leaves half a seed file
 
 
 def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None,
               reuse: bool = True) -> str:
     """Run one experiment per config (one per seed) into ``out/seed{N}.json`` and write the tables.
-    With ``reuse``, a seed whose file already answers the same resolved config (see
-    :func:`reusable_result`) is read back instead of run again, so a grid can be resumed or extended."""
+    With ``reuse``, a seed whose file holds the same experiment (see :func:`reusable_records`) is
+    read back, and only its missing or stale methods run (Retrain's record comes from the new run,
+    on the same cached model), so a grid can be resumed, extended by methods, or refreshed after a
+    method's defaults changed without rerunning the rest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for cfg in cfgs:
         cfg = cfg.resolved()
         path = out / f"seed{cfg.seed}.json"
-        res = reusable_result(path, cfg) if reuse else None
-        if res is not None:
-            for cb in callbacks or []:
-                cb(ProgressEvent(source="bench", phase="load", step=1, total=1,
-                                 message=f"reusing {path} (same config, every method done)"))
+        doc, to_run = reusable_records(path, cfg) if reuse else (None, [])
+        if doc is not None and not to_run:
+            _say(callbacks, f"reusing {path} (same config, every method done)")
+            res = _restricted(doc, cfg)
+        elif doc is not None:
+            # Same experiment: run only what is missing or stale, against the same cached
+            # original and Retrain, and keep every other method's record.
+            kept = [m for m in cfg.methods if m != "retrain" and m not in to_run]
+            _say(callbacks, f"reusing {len(kept)} method(s) from {path}; running {', '.join(to_run)}")
+            sub = dataclasses.replace(cfg, methods=("retrain", *to_run),
+                                      params={k: v for k, v in cfg.params.items() if k in to_run})
+            part = run_experiment(sub, callbacks=callbacks).to_json()
+            merged = {**doc["methods"], **part["methods"]}
+            res = {**part, "config": _as_json(cfg.to_dict()), "methods": {m: merged[m] for m in cfg.methods}}
+            _write(path, res)
         else:
             res = run_experiment(cfg, callbacks=callbacks).to_json()
-            path.write_text(json.dumps(res, indent=1))
+            _write(path, res)
         results.append(res)
     rows = summarise(results)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))

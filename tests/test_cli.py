@@ -373,3 +373,32 @@ def test_bench_resumes_from_matching_seed_files_only(warm_home, digits_class3, t
     doc["methods"]["neggrad"]["status"] = "failed"
     seed0.write_text(json.dumps(doc))
     assert reusable_result(seed0, cfg) is None
+
+
+def test_bench_reruns_only_the_stale_or_missing_methods(warm_home, digits_class3, tmp_path, capsys):
+    out = tmp_path / "grid"
+    base = ["bench", "--no-attacks", "--quiet", "--out", str(out), "--seeds", "0"]
+    rc, _, err = in_process(base + ["--methods", "retrain,finetune,neggrad", "--param", "neggrad.epochs=1",
+                                    "--param", "finetune.epochs=1"], capsys)
+    assert rc == 0, err
+    seed0 = out / "seed0.json"
+    first = json.loads(seed0.read_text())
+    # Change NegGrad's hyper-parameters and add a method: Fine-tune's record is kept as it was.
+    rc, _, err = in_process(base + ["--methods", "retrain,finetune,neggrad,random_label", "--param",
+                                    "neggrad.epochs=2", "--param", "finetune.epochs=1",
+                                    "--param", "random_label.epochs=1"], capsys)
+    assert rc == 0, err
+    second = json.loads(seed0.read_text())
+    assert list(second["methods"]) == ["retrain", "finetune", "neggrad", "random_label"]
+    assert second["methods"]["finetune"] == first["methods"]["finetune"]  # not rerun (same seconds too)
+    assert second["methods"]["neggrad"]["config"]["epochs"] == 2
+    assert second["methods"]["random_label"]["status"] == "done"
+    assert second["methods"]["retrain"]["metrics"] == first["methods"]["retrain"]["metrics"]  # same cached model
+    assert second["config"]["methods"] == ["retrain", "finetune", "neggrad", "random_label"]
+    assert "finetune" in (out / "table.md").read_text() and "random_label" in (out / "table.md").read_text()
+    # Asking for fewer methods reads the file back without running anything.
+    stamp = seed0.stat().st_mtime_ns
+    rc, _, err = in_process(base + ["--methods", "retrain,finetune", "--param", "finetune.epochs=1"], capsys)
+    assert rc == 0, err
+    assert seed0.stat().st_mtime_ns == stamp
+    assert "neggrad" not in (out / "table.md").read_text()
