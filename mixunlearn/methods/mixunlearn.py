@@ -396,7 +396,7 @@ class MixUnlearnTrainer:
             "sim_r": sim_loss(probs, rep(b.p_r)).reshape(shape),
         }
         # To the host with one wait for the GPU, not one per tensor: asynchronous copies (into pinned
-        # memory), then a single stream sync before anything reads them.
+        # memory), then a single wait for the device before anything reads them.
         out = {k: (v.detach().float() if v.is_floating_point() else v.detach()).to("cpu", non_blocking=True)
                if isinstance(v, torch.Tensor) else v for k, v in snap.items()}
         if self.device.type != "cpu":
