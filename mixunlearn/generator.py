@@ -7,10 +7,21 @@ ratio ``λ``, and returns a two-channel per-pixel mask ``M`` at the input size w
 
     z' = [z, λ-channel]                       (lam_concat)
     q = ReLU(W_q z' + b_q), k = ReLU(W_k z' + b_k)      shared 1x1 convs, C' -> r = C // 2
-    v = W_v z' + b_v                                    C' -> 1
+    v = W_v z'                                          C' -> 1 (no bias, see below)
     A_i = softmax(q_iᵀ k_j / √r),  A_j = softmax(q_jᵀ k_i / √r)     P x P, P = h·w
     m_i = A_i v_i,  m_j = A_j v_j                        each sample uses its own values
     M = softmax_channels(upsample([m_i, m_j]))           2 x H x W
+    M_i ← project(M_i, λ)                                only with share="project" (METHOD.md §3.3)
+
+The value bias ``b_v`` adds the same constant to ``m_i`` and ``m_j`` (the attention rows sum to 1)
+and so cancels in the two-channel softmax: it is dead, and Adam turns its rounding-noise
+gradient into full-size steps. It is off by default; ``value_bias=True`` keeps it only to
+reproduce the first build bit for bit.
+
+The share projection (AutoMix's ``mask_adjust``, restated): with ``m = mean(M_i)`` per sample,
+``M_i ← M_i·λ/m`` when ``m > λ`` and ``M_i ← 1 − (1 − M_i)(1 − λ)/(1 − m)`` when ``m < λ``. Afterwards
+``mean(M_i) = λ`` exactly, every pixel stays in [0, 1], the spatial pattern is kept and the
+map is differentiable, so the generator still learns *where* the forget pixels go.
 
 The attention and both softmaxes always run in float32 (autocast is switched off inside the
 block) and their results are checked to be finite -- never patched.
@@ -24,9 +35,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MixBlock", "mix_images", "vanilla_mask", "vanilla_mix", "check_finite", "mixblock_param_count"]
+__all__ = ["MixBlock", "mix_images", "vanilla_mask", "vanilla_mix", "check_finite", "mixblock_param_count",
+           "project_share", "share_penalty", "INITS"]
 
 UPSAMPLE_MODES = ("bilinear", "nearest")
+INITS = ("normal", "kaiming")
+SHARE_EPS = 1e-6
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:
@@ -41,11 +55,31 @@ def check_finite(t: torch.Tensor, what: str) -> None:
         raise FloatingPointError(f"MixBlock: {what} is not finite (NaN or inf)")
 
 
-def mixblock_param_count(channels: int, lam_concat: bool = True) -> int:
-    """``2·(C'·r + r) + (C'+1)`` with ``C' = C (+1 with lam_concat)`` and ``r = C // 2`` (METHOD.md §3.4)."""
+def mixblock_param_count(channels: int, lam_concat: bool = True, value_bias: bool = False) -> int:
+    """``2·(C'·r + r) + C' (+1 with value_bias)`` with ``C' = C (+1 with lam_concat)`` and ``r = C // 2``
+    (METHOD.md §3.4)."""
     c = channels + (1 if lam_concat else 0)
     r = channels // 2
-    return 2 * (c * r + r) + (c + 1)
+    return 2 * (c * r + r) + c + (1 if value_bias else 0)
+
+
+def project_share(m_i: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """Rescale each forget-share map ``m_i`` (N x H x W or N x 1 x H x W, values in [0, 1]) so its
+    spatial mean equals its ``λ`` (a scalar or [N]); differentiable, pattern-preserving (METHOD.md §3.3)."""
+    n = m_i.shape[0]
+    lam_n = _lam_tensor(lam, n, m_i).view(n, *([1] * (m_i.dim() - 1)))
+    mean = m_i.flatten(1).mean(1).view_as(lam_n).clamp(SHARE_EPS, 1.0 - SHARE_EPS)
+    down = m_i * (lam_n / mean)  # mean > λ: shrink the forget share
+    up = 1.0 - (1.0 - m_i) * ((1.0 - lam_n) / (1.0 - mean))  # mean < λ: shrink the retain share
+    return torch.where(mean > lam_n, down, up)
+
+
+def share_penalty(mask: torch.Tensor, lam: torch.Tensor | float, margin: float) -> torch.Tensor:
+    """AutoMix's mask loss in our notation: the batch mean of ``max(|mean(M_i) − λ| − margin, 0)``."""
+    m_i = mask[:, 0]
+    n = m_i.shape[0]
+    share = m_i.flatten(1).mean(1)
+    return torch.clamp((share - _lam_tensor(lam, n, m_i)).abs() - margin, min=0.0).mean()
 
 
 def _lam_tensor(lam: torch.Tensor | float, n: int, ref: torch.Tensor) -> torch.Tensor:
@@ -66,26 +100,49 @@ class MixBlock(nn.Module):
         lam_concat: append a constant λ channel to ``z_i`` and ``1 - λ`` to ``z_j`` (on by default).
         upsample: ``"bilinear"`` (align_corners=False) or ``"nearest"``, from h x w to the input size.
         init_std: standard deviation of the N(0, std²) conv-weight initialisation (biases 0).
+        init: ``"normal"`` (N(0, init_std²), AutoMix's and the release's) or ``"kaiming"`` (He normal,
+            fan-in: the attention is not uniform from the first step).
+        project: rescale the forget share so ``mean(M_i) = λ`` for each sample (METHOD.md §3.3).
+        value_bias: keep the dead value bias ``b_v`` (only to reproduce the first build exactly).
     """
 
-    def __init__(self, channels: int, lam_concat: bool = True, upsample: str = "bilinear", init_std: float = 0.01):
+    def __init__(self, channels: int, lam_concat: bool = True, upsample: str = "bilinear", init_std: float = 0.01,
+                 *, init: str = "normal", project: bool = False, value_bias: bool = False):
         super().__init__()
         if channels < 2:
             raise ValueError(f"MixBlock needs at least 2 feature channels, got {channels}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.channels, self.lam_concat, self.upsample = channels, lam_concat, upsample
+        self.project = bool(project)
         c_in = channels + (1 if lam_concat else 0)
         self.r = channels // 2
         self.query = nn.Conv2d(c_in, self.r, 1)
         self.key = nn.Conv2d(c_in, self.r, 1)
-        self.value = nn.Conv2d(c_in, 1, 1)
-        self.reset_parameters(init_std)
+        self.value = nn.Conv2d(c_in, 1, 1, bias=value_bias)
+        if init == "kaiming":
+            self.reset_kaiming()
+        else:
+            self.reset_parameters(init_std)
+
+    def _convs(self) -> tuple[nn.Conv2d, ...]:
+        return (self.query, self.key, self.value)
 
     def reset_parameters(self, std: float = 0.01) -> None:
-        for conv in (self.query, self.key, self.value):
+        for conv in self._convs():
             nn.init.normal_(conv.weight, 0.0, std)
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def reset_kaiming(self) -> None:
+        """He-normal weights (fan-in; gain √2 before the ReLUs of q and k, 1 for the linear v), biases 0."""
+        for conv in self._convs():
+            nonlinearity = "linear" if conv is self.value else "relu"
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity=nonlinearity)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
     def _qkv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = z.shape[0]
@@ -96,6 +153,19 @@ class MixBlock(nn.Module):
 
     def mask_logits(self, z_i: torch.Tensor, z_j: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
         """The two mask logit maps ``[m_i, m_j]``, N x 2 x h x w (float32, before upsampling)."""
+        return self._attend(z_i, z_j, lam)[0]
+
+    @torch.no_grad()
+    def inspect(self, z_i: torch.Tensor, z_j: torch.Tensor, lam: torch.Tensor | float) -> dict[str, torch.Tensor]:
+        """Debug views (AdAutoMix-style): the value maps ``v_i``, ``v_j`` (N x h x w), the attention
+        ``A_i`` (N x P x P; row p = where forget position p looks in the retain image's keys) and the
+        logit difference ``m_i − m_j`` (N x h x w) that the mask is a softmax of."""
+        logits, v_i, v_j, a_i = self._attend(z_i, z_j, lam)
+        n, _, h, w = logits.shape
+        return {"value_f": v_i.reshape(n, h, w), "value_r": v_j.reshape(n, h, w), "attn_f": a_i,
+                "logit_diff": logits[:, 0] - logits[:, 1]}
+
+    def _attend(self, z_i: torch.Tensor, z_j: torch.Tensor, lam: torch.Tensor | float):
         if z_i.shape != z_j.shape:
             raise ValueError(f"feature maps differ in shape: {tuple(z_i.shape)} vs {tuple(z_j.shape)}")
         n, _, h, w = z_i.shape
@@ -114,7 +184,7 @@ class MixBlock(nn.Module):
             m_j = torch.bmm(a_j, v_j.transpose(1, 2)).reshape(n, 1, h, w)
             logits = torch.cat([m_i, m_j], 1)
         check_finite(logits, "attention output")
-        return logits
+        return logits, v_i, v_j, a_i
 
     def forward(self, z_i: torch.Tensor, z_j: torch.Tensor, lam: torch.Tensor | float,
                 size: tuple[int, int]) -> torch.Tensor:
@@ -127,6 +197,9 @@ class MixBlock(nn.Module):
             else:
                 up = F.interpolate(logits, size=tuple(size), mode="nearest")
             mask = torch.softmax(up, dim=1)
+            if self.project:
+                m_i = project_share(mask[:, :1], lam)
+                mask = torch.cat([m_i, 1.0 - m_i], 1)
         check_finite(mask, "mask")
         return mask
 

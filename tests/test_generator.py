@@ -81,12 +81,14 @@ def test_property_2_vanilla_mixer(lam):
     assert torch.allclose(vanilla_mix(x_i, x_j, lams), per, atol=1e-6)
 
 
-@pytest.mark.parametrize("c,off,on", [(256, 66_049, 66_306), (32, 1_089, 1_122)])
+@pytest.mark.parametrize("c,off,on", [(256, 66_048, 66_305), (32, 1_088, 1_121)])
 def test_property_3_parameter_counts(c, off, on):
+    """METHOD.md §3.4's counts less the dead value bias b_v; with ``value_bias`` it is back (+1)."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(MixBlock(c, lam_concat=False)) == off
     assert count(MixBlock(c, lam_concat=True)) == on
     assert mixblock_param_count(c, False) == off and mixblock_param_count(c, True) == on
+    assert count(MixBlock(c, value_bias=True)) == on + 1 == mixblock_param_count(c, True, value_bias=True)
 
 
 def test_property_4_lambda_is_an_input_only_with_lam_concat():

@@ -23,8 +23,10 @@ from mixunlearn.metrics import predict_logits
 from mixunlearn.progress import NonFiniteLossError, RunCancelled
 
 SNAP_KEYS = {"update", "step", "lams", "x_f", "x_r", "mask", "mixed", "vanilla", "mask_mean", "mask_std", "pred",
-             "f_cls", "r_cls", "p_f", "p_r", "sim_f", "sim_r"}
-HISTORY_KEYS = {"step", "l_gen", "l_mix", "l_real", "lam", "mask_share", "mask_std"}
+             "f_cls", "r_cls", "p_f", "p_r", "sim_f", "sim_r", "gain_r", "gain_f", "h_share_err",
+             "h_share_slope", "h_std_mid", "h_gain_retain", "h_gain_forget", "debug_lam", "debug_value_f",
+             "debug_value_r", "debug_attn_f", "debug_logit_diff"}
+HISTORY_KEYS = {"step", "l_gen", "l_share", "l_mix", "l_real", "lam", "mask_share", "mask_std"}
 
 
 def _cfg(**kw) -> MixUnlearnConfig:
@@ -70,8 +72,8 @@ def test_registry_entries_and_config_metadata():
     cfg = MixUnlearnConfig()
     assert (cfg.gen_interval, cfg.alpha, cfg.sharpen_t, cfg.reduction, cfg.fixed_net) == (4, 0.75, 0.3, "mean",
                                                                                            "current")
-    assert (cfg.batch_size, cfg.lr_generator, cfg.probe_pairs, cfg.lam_concat, cfg.upsample) == (32, 1e-3, 8, True,
-                                                                                                   "bilinear")
+    assert (cfg.batch_size, cfg.probe_pairs, cfg.lam_concat, cfg.upsample) == (32, 8, True, "bilinear")
+    assert (cfg.share_constraint, cfg.gen_optimizer, cfg.value_bias) == ("project", "adam", False)
     # ResNet-18 keeps METHOD.md's (untuned) defaults.
     resnet = make_config("mixunlearn", "resnet")
     assert (resnet.lr, resnet.epochs) == (5e-5, 5)
@@ -222,7 +224,7 @@ def test_property_14_ablations_without_generator(digits_class3):
         assert out.extras["snapshots"] == [] and out.extras["generator_updates"] == 0
         assert all("l_gen" not in h for h in out.extras["history"])
     tr = _trainer(digits_class3, _cfg())
-    assert sum(p.numel() for p in tr.g.parameters()) == 1_122  # C = 32, lam_concat on
+    assert sum(p.numel() for p in tr.g.parameters()) == 1_121  # C = 32, lam_concat on, no b_v
 
 
 @pytest.mark.parametrize("use_l_real", [False, True])
@@ -365,8 +367,17 @@ def test_snapshot_schema_events_and_history(digits_class3):
             assert bool(((s[k] >= 0) & (s[k] <= 1 + 1e-6)).all()), k
     # The probe pairs stay fixed across snapshots.
     assert all(torch.equal(s["x_f"], snaps[0]["x_f"]) for s in snaps)
-    # At initialisation the mask is a near-uniform blend.
-    assert float((snaps[0]["mask"] - 0.5).abs().max()) < 0.05
+    # With the share projection every probe mask's mean is its λ, from the first snapshot on.
+    for s in snaps:
+        assert torch.allclose(s["mask_mean"], s["lams"].view(L, 1).expand(L, P), atol=1e-4)
+        assert abs(float(s["h_share_err"])) < 1e-4 and abs(float(s["h_share_slope"]) - 1) < 1e-3
+        assert s["gain_r"].shape == s["gain_f"].shape == (L, P)
+        h, w = s["debug_value_f"].shape[-2:]
+        assert s["debug_value_f"].shape == s["debug_value_r"].shape == s["debug_logit_diff"].shape == (P, h, w)
+        assert s["debug_attn_f"].shape == (P, h * w, h * w)
+        assert torch.allclose(s["debug_attn_f"].sum(-1), torch.ones(P, h * w), atol=1e-5)  # softmax rows
+        assert float(s["debug_lam"]) == 0.5
+    assert out.extras["health"]["update"] == snaps[-1]["update"]
     # History: the documented keys, the same as in the live events.
     hist = out.extras["history"]
     assert hist and all(set(h) <= HISTORY_KEYS for h in hist)

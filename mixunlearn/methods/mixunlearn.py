@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import UnlearnData
-from ..generator import MixBlock, mix_images, vanilla_mask, vanilla_mix
+from ..generator import MixBlock, mix_images, share_penalty, vanilla_mask, vanilla_mix
 from ..losses import contrastive_sum, pair_terms, real_loss, sharpen, sim_loss
 from ..progress import Callback, ProgressEvent, emit
 from ..utils import seeded, synchronize
@@ -66,8 +66,27 @@ class MixUnlearnConfig(MethodConfig):
     epochs: int = param(30, "passes over D_f (the budget; fixed, no early stopping)", min=1, max=100)
     batch_size: int = param(32, "pairs per batch N (forget = retain batch size)", min=8, max=256)
     lr: float = param(5e-4, "unlearner learning rate (Adam, no weight decay)", min=1e-6, max=1e-3, log=True)
-    lr_generator: float = param(1e-3, "generator learning rate (Adam, no weight decay)", min=1e-4, max=1e-2,
-                                log=True)
+    lr_generator: float = param(1e-2, "generator learning rate (no weight decay); Adam moves a weight by at most "
+                                "about lr per update, so a few dozen updates at 1e-3 leave the mask flat",
+                                min=1e-4, max=1e-1, log=True)
+    gen_optimizer: str = param("adam", "generator optimiser: 'adam' or 'sgd' (momentum 0.9, AutoMix's and "
+                               "AdAutoMix's)", choices=("adam", "sgd"))
+    gen_steps: int = param(1, "generator updates at each generator iteration (same batch, fresh λ each)",
+                           min=1, max=10)
+    gen_warmup: int = param(0, "generator updates against the original f_D before unlearning starts",
+                            min=0, max=1000)
+    gen_init: str = param("kaiming", "MixBlock weight init: 'normal' (N(0, 0.01²): flat attention, q/k on a "
+                          "saddle) or 'kaiming' (He normal)", choices=("normal", "kaiming"))
+    share_constraint: str = param("project", "tie the mask's mean forget share to λ: 'project' (rescale so "
+                                  "mean(M_i) = λ exactly, AutoMix's mask_adjust), 'l1' (penalty "
+                                  "max(|mean(M_i) − λ| − margin, 0) in L_gen), 'none' (the first build: the "
+                                  "mask drifts to the forget image)", choices=("project", "l1", "none"))
+    share_weight: float = param(1.0, "'l1' constraint: weight of the share penalty in L_gen", min=0.01,
+                                max=10.0, log=True)
+    share_margin: float = param(0.1, "'l1' constraint: share error tolerated without penalty", min=0.0,
+                                max=0.5)
+    value_bias: bool = param(False, "keep MixBlock's value bias b_v (it cancels in the 2-channel softmax; on "
+                             "only to reproduce the first build exactly)")
     # τ = 20, not METHOD.md's original 1.0: at τ_real = 1 data-level forgetting wipes out the forgotten
     # classes (Train_f -> 0, Retrain ~90-98) on both small CNNs (validation sweep, docs/mixunlearn.md).
     tau_gen: float = param(20.0, "temperature τ_gen of the generator loss (denominator only)", min=0.05,
@@ -186,6 +205,13 @@ class MixUnlearnTrainer:
                                     device=self.device)
         self.lam_mix = torch.tensor(rng.beta(mix_alpha, mix_alpha, self.total), dtype=torch.float32,
                                     device=self.device)
+        # Extra generator updates (gen_steps > 1) and the warm-up draw from their own streams, so the two
+        # above -- and with them a one-step run -- do not depend on these settings.
+        rng_x = np.random.default_rng([data.seed, 0x4D49, 1])
+        self.lam_extra = torch.tensor(rng_x.beta(cfg.alpha, cfg.alpha, (self.total, max(0, cfg.gen_steps - 1))),
+                                      dtype=torch.float32, device=self.device)
+        self.lam_warmup = torch.tensor(rng_x.beta(cfg.alpha, cfg.alpha, cfg.gen_warmup), dtype=torch.float32,
+                                       device=self.device)
 
         self.g: MixBlock | None = None
         self.opt_g: torch.optim.Optimizer | None = None
@@ -193,9 +219,13 @@ class MixUnlearnTrainer:
             with torch.no_grad():
                 channels = self.f_d.mix_feature_map(data.x_train[data.forget_idx[:1]]).shape[1]
             with seeded(data.seed * 7919 + 11):
-                g = MixBlock(channels, lam_concat=cfg.lam_concat, upsample=cfg.upsample)
+                g = MixBlock(channels, lam_concat=cfg.lam_concat, upsample=cfg.upsample, init=cfg.gen_init,
+                             project=cfg.share_constraint == "project", value_bias=cfg.value_bias)
             self.g = g.to(self.device)
-            self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_generator)
+            if cfg.gen_optimizer == "sgd":
+                self.opt_g = torch.optim.SGD(self.g.parameters(), lr=cfg.lr_generator, momentum=0.9)
+            else:
+                self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_generator)
         self.opt_u = make_optimizer(self.f_u.parameters(), "adam", cfg.lr)
         self.ema = freeze(copy.deepcopy(model)) if cfg.fixed_net == "ema" else None
         self.generator_updates = 0
@@ -247,12 +277,14 @@ class MixUnlearnTrainer:
     def fixed_net(self) -> nn.Module:
         return {"current": self.f_u, "ema": self.ema, "initial": self.f_d}[self.cfg.fixed_net]
 
-    def generator_step(self, b: Batch, lam: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One update of g on ``L_gen = -S_{τ_gen}`` (π = identity) against the fixed network, held
-        in eval mode without parameter gradients; only g changes."""
+    def generator_step(self, b: Batch, lam: torch.Tensor, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """One update of g on ``L_gen = -S_{τ_gen}`` (π = identity; plus ``share_weight`` × the share
+        penalty with the 'l1' constraint) against the fixed network (``net``, default
+        :meth:`fixed_net`), held in eval mode without parameter gradients; only g changes.
+        ``l_gen`` is the adversarial part alone, ``l_share`` the penalty (0 unless 'l1')."""
         assert self.g is not None and self.opt_g is not None
         cfg = self.cfg
-        net = self.fixed_net()
+        net = self.fixed_net() if net is None else net
         self.g.train()
         with _held_fixed(net):
             mask = self.g(b.z_f, b.z_r, lam, self.size)
@@ -262,13 +294,51 @@ class MixUnlearnTrainer:
             probs = torch.softmax(logits.float(), dim=-1)
             a, bb = pair_terms(probs, b.p_r, b.p_f, lam)
             loss = -contrastive_sum(a, bb, cfg.tau_gen, cfg.reduction)
+            total = loss
+            penalty = None
+            if cfg.share_constraint == "l1":
+                penalty = share_penalty(mask, lam, cfg.share_margin)
+                total = loss + cfg.share_weight * penalty
             self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             self.opt_g.step()
             self.opt_g.zero_grad(set_to_none=True)
         net.zero_grad(set_to_none=True)  # nothing should be there; never leave any behind
         self.generator_updates += 1
-        return {"l_gen": loss.detach(), "mask": mask.detach(), "a": a.detach(), "b": bb.detach()}
+        out = {"l_gen": loss.detach(), "mask": mask.detach(), "a": a.detach(), "b": bb.detach()}
+        if penalty is not None:
+            out["l_share"] = penalty.detach()
+        return out
+
+    def generator_round(self, b: Batch, t: int) -> dict[str, torch.Tensor]:
+        """The ``gen_steps`` updates of iteration t on batch b: the first at ``lam_gen[t]``, the others
+        at fresh λs. Returns the first update's outputs (``l_gen`` = the mean over the updates)."""
+        first = self.generator_step(b, self.lam_gen[t])
+        if self.cfg.gen_steps > 1:
+            l_gens = [first["l_gen"]]
+            for s in range(self.cfg.gen_steps - 1):
+                l_gens.append(self.generator_step(b, self.lam_extra[t, s])["l_gen"])
+            first = {**first, "l_gen": torch.stack(l_gens).mean()}
+        return first
+
+    def warm_up(self) -> int:
+        """``gen_warmup`` generator updates against the original f_D on random forget/retain batches
+        (drawn from their own seeded stream), before the first unlearner step. Returns the count."""
+        if not self.use_gen or self.cfg.gen_warmup == 0:
+            return 0
+        data = self.data
+        gen = torch.Generator().manual_seed(data.seed * 7919 + 17)
+        n_f, n_r = len(data.forget_idx), len(data.retain_idx)
+        for w in range(self.cfg.gen_warmup):
+            if self._snapshot_due():
+                self.snapshot(0)
+            fi = torch.randint(n_f, (self.n,), generator=gen).to(self.device)
+            ri = torch.randint(n_r, (self.n,), generator=gen).to(self.device)
+            b = self.make_batch(data.forget_idx[fi], data.retain_idx[ri], augment=False)
+            self.generator_step(b, self.lam_warmup[w], net=self.f_d)
+            if (w + 1) % 10 == 0 or w + 1 == self.cfg.gen_warmup:  # progress, and a chance to cancel
+                self.loop.message(f"generator warm-up {w + 1}/{self.cfg.gen_warmup}")
+        return self.cfg.gen_warmup
 
     def unlearner_step(self, b: Batch, lam: torch.Tensor) -> dict[str, Any]:
         """One update of f_U on ``L_mix + ω·L_real`` (mask detached, retain targets ``p_r[π]``);
@@ -326,6 +396,11 @@ class MixUnlearnTrainer:
         for be, bc in zip(self.ema.buffers(), self.f_u.buffers()):
             be.copy_(bc)
 
+    def _snapshot_due(self) -> bool:
+        if not self.snapshots:
+            return True
+        return self.generator_updates - self.snapshots[-1]["update"] >= self.cfg.snapshot_every
+
     def _retain_batch(self, stream, n: int) -> torch.Tensor:
         r = next(stream)
         while len(r) < n:  # the stream's last batch of a pass may be short
@@ -352,7 +427,12 @@ class MixUnlearnTrainer:
         [L,P,H,W] (forget share M_i), ``mixed``/``vanilla`` [L,P,C,H,W], ``mask_mean``/``mask_std``
         [L,P], ``pred`` [L,P] (f_U's top class on the mix), ``f_cls``/``r_cls`` [P] (argmax p(x)),
         ``p_f``/``p_r`` [L,P] (f_U's probability of f_cls / r_cls on the mix), ``sim_f``/``sim_r``
-        [L,P] (SimLoss of f_U's output on the mix to p(x_i) / p(x_j)).
+        [L,P] (SimLoss of f_U's output on the mix to p(x_i) / p(x_j)), ``gain_r``/``gain_f`` [L,P]
+        (the adversarial gain of each mix for the fixed network, see :func:`generator_health`), the
+        health scalars ``h_share_err``, ``h_share_slope``, ``h_std_mid``, ``h_gain_retain``,
+        ``h_gain_forget``, and the debug views at λ = ``debug_lam`` (0.5): ``debug_value_f`` /
+        ``debug_value_r`` [P,h,w] (value maps), ``debug_attn_f`` [P,h·w,h·w] (forget attention) and
+        ``debug_logit_diff`` [P,h,w] (m_i − m_j before upsampling).
         """
         assert self.g is not None
         b = self._probe_batch()
@@ -360,22 +440,43 @@ class MixUnlearnTrainer:
         lams = self._probe_lams
         lam_vec = lams.repeat_interleave(n_p)
         rep = lambda t: t.repeat(n_l, *([1] * (t.dim() - 1)))  # noqa: E731
-        was_g, was_u = self.g.training, self.f_u.training
+        net = self.fixed_net()
+        was_g, was_u, was_net = self.g.training, self.f_u.training, net.training
         self.g.eval()
         self.f_u.eval()
+        net.eval()
         try:
             mask = self.g(rep(b.z_f), rep(b.z_r), lam_vec, self.size)
             x_f, x_r = rep(b.x_f), rep(b.x_r)
             mixed = mix_images(x_f, x_r, mask)
+            m_i = mask[:, 0]
+            share = m_i.flatten(1).mean(1)
+            blend = vanilla_mix(x_f, x_r, share)  # a plain blend with the same per-pair share
             with self.autocast():
                 logits = self.f_u(mixed)
+                fixed_logits = net(torch.cat([mixed, blend]))
+            mid = int(np.argmin(np.abs(np.asarray(PROBE_LAMS) - 0.5)))
+            debug = self.g.inspect(b.z_f, b.z_r, lams[mid])
         finally:
             self.g.train(was_g)
             self.f_u.train(was_u)
+            net.train(was_net)
         probs = torch.softmax(logits.float(), dim=-1)
         f_cls, r_cls = b.p_f.argmax(1), b.p_r.argmax(1)
-        m_i = mask[:, 0]
         shape = (n_l, n_p)
+        fixed = torch.softmax(fixed_logits.float(), dim=-1)
+        fm, fb = fixed[:len(mixed)], fixed[len(mixed):]
+        gain_r = sim_loss(fm, rep(b.p_r)) - sim_loss(fb, rep(b.p_r))  # > 0: the mix looks less like retain
+        gain_f = sim_loss(fb, rep(b.p_f)) - sim_loss(fm, rep(b.p_f))  # > 0: the mix looks more like forget
+        lam_c = lam_vec - lam_vec.mean()
+        slope = (lam_c * (share - share.mean())).sum() / (lam_c.square().sum() + 1e-12)
+        health = {
+            "share_err": (share - lam_vec).abs().mean(),
+            "share_slope": slope,
+            "std_mid": m_i.reshape(n_l, n_p, -1)[mid].std(-1, unbiased=False).mean(),
+            "gain_retain": gain_r.mean(),
+            "gain_forget": gain_f.mean(),
+        }
         snap = {
             "update": int(self.generator_updates),
             "step": int(step),
@@ -394,6 +495,11 @@ class MixUnlearnTrainer:
             "p_r": probs.gather(1, rep(r_cls)[:, None]).reshape(shape),
             "sim_f": sim_loss(probs, rep(b.p_f)).reshape(shape),
             "sim_r": sim_loss(probs, rep(b.p_r)).reshape(shape),
+            "gain_r": gain_r.reshape(shape),
+            "gain_f": gain_f.reshape(shape),
+            **{f"h_{k}": v for k, v in health.items()},
+            "debug_lam": lams[mid],
+            **{f"debug_{k}": v for k, v in debug.items()},
         }
         # To the host with one wait for the GPU, not one per tensor: asynchronous copies (into pinned
         # memory), then a single wait for the device before anything reads them.
@@ -420,6 +526,7 @@ class MixUnlearnTrainer:
 
     def run(self) -> MethodOutput:
         cfg, loop, data = self.cfg, self.loop, self.data
+        self.warm_up()
         stream = loop.stream(data.retain_idx, self.n)
         t = 0
         for _ in range(cfg.epochs):
@@ -427,9 +534,12 @@ class MixUnlearnTrainer:
                 b = self.make_batch(f_idx, self._retain_batch(stream, len(f_idx)))
                 losses: dict[str, torch.Tensor] = {}
                 if self.use_gen and t % cfg.gen_interval == 0:
-                    if self.generator_updates % cfg.snapshot_every == 0:
+                    if self._snapshot_due():
                         self.snapshot(t)
-                    losses["l_gen"] = self.generator_step(b, self.lam_gen[t])["l_gen"]
+                    g_out = self.generator_round(b, t)
+                    losses["l_gen"] = g_out["l_gen"]
+                    if "l_share" in g_out:
+                        losses["l_share"] = g_out["l_share"]
                 losses.update(self.unlearner_step(b, self.lam_mix[t])["losses"])
                 loop.step(losses)
                 t += 1
@@ -442,13 +552,43 @@ class MixUnlearnTrainer:
             "generator_updates": self.generator_updates,
             "steps": t,
             "generator_params": 0 if self.g is None else sum(p.numel() for p in self.g.parameters()),
+            "warmup_updates": cfg.gen_warmup if self.use_gen else 0,
         }
+        if self.snapshots:
+            extras["health"] = generator_health(self.snapshots[-1])
         return MethodOutput(model, extras)
 
 
 _SUMMARY = ("adversarial mixup unlearning: a MixBlock generator makes hard forget/retain mixes, the unlearner "
             "learns on them with contrastive SimLoss objectives (L_mix + ω·L_real)")
 _PAPER = "Peng, Tang and Yang, Adversarial Mixup Unlearning, ICLR 2025 (arXiv 2502.10288)"
+
+
+HEALTH_KEYS = ("share_err", "share_slope", "std_mid", "gain_retain", "gain_forget")
+COLLAPSE_LOW, COLLAPSE_HIGH = 0.05, 0.95
+
+
+def generator_health(snap: dict) -> dict[str, Any]:
+    """The generator's health at one snapshot (METHOD.md §9): ``share_err`` = mean |share − λ| over the
+    probe pairs and λs, ``share_slope`` = least-squares slope of share against λ (1 = tied, 0 = deaf to
+    λ), ``std_mid`` = the mask's mean spatial std at λ = 0.5 (0 = a flat blend), ``gain_retain`` /
+    ``gain_forget`` = the adversarial gain: SimLoss of the fixed network's output on the MixBlock mix
+    minus on a plain blend of the same per-pair share, to the retain target (positive: the mix looks
+    less like retain) and, sign flipped, to the forget target (positive: more like forget). ``collapse``
+    is 'forget' / 'retain' when every probe mask's share is beyond 0.95 / below 0.05, else ''."""
+    out: dict[str, Any] = {"update": int(snap["update"])}
+    for k in HEALTH_KEYS:
+        out[k] = float(snap[f"h_{k}"])
+    mm = torch.as_tensor(snap["mask_mean"]).float()
+    out["collapse"] = ("forget" if bool((mm > COLLAPSE_HIGH).all()) else
+                       "retain" if bool((mm < COLLAPSE_LOW).all()) else "")
+    return out
+
+
+def health_curves(snapshots: list[dict]) -> dict[str, list[float]]:
+    """The health numbers over generator updates, one entry per snapshot (for curves)."""
+    rows = [generator_health(s) for s in snapshots if "h_share_err" in s]
+    return {k: [r[k] for r in rows] for k in ("update",) + HEALTH_KEYS}
 
 
 def generator_movement(extras: dict) -> dict[str, float]:
