@@ -108,8 +108,8 @@ def summarise(rows: list[dict], candidates: list[dict[str, str]], base: dict[str
     for r in rows:
         by_key.setdefault(r["candidate"], []).append(r)
     lines = ["| candidate (vs base) | class aw | class ag | data aw | data ag | **mean gap** | class Test_f "
-             "| class abs ΔTest_r | data abs ΔTrain_f | runs | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| class abs ΔTest_r | data abs ΔTrain_f | share err | std λ=.5 | retain gain | runs | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     scored = []
     for cand in candidates:
         key = candidate_key(cand)
@@ -126,11 +126,18 @@ def summarise(rows: list[dict], candidates: list[dict[str, str]], base: dict[str
         cls = [r for r in rs if r["level"] == "class"]
         dat = [r for r in rs if r["level"] == "data"]
         fmt = lambda v: "–" if v != v else f"{v:.2f}"  # noqa: E731
+        fmt3 = lambda v: "–" if v != v else f"{v:.3f}"  # noqa: E731
         test_f = float(np.mean([r["metrics"]["test_f"] for r in cls])) if cls else float("nan")
         d_test_r = float(np.mean([abs(r["metrics"]["test_r"] - r["retrain"]["test_r"]) for r in cls])) \
             if cls else float("nan")
         d_train_f = float(np.mean([abs(r["metrics"]["train_f"] - r["retrain"]["train_f"]) for r in dat])) \
             if dat else float("nan")
+        hs = [r.get("health") or {} for r in rs]
+
+        def health(key: str) -> float:
+            vals = [h[key] for h in hs if key in h]
+            return float(np.mean(vals)) if vals else float("nan")
+
         diff = {k: v for k, v in cand.items() if base.get(k) != v}
         label = candidate_key(diff) if diff else "**base**"
         failed = sum(r.get("failed", False) for r in rs)
@@ -138,6 +145,7 @@ def summarise(rows: list[dict], candidates: list[dict[str, str]], base: dict[str
         lines.append(f"| {label} | {fmt(groups[('class', 'mixunlearn')])} | {fmt(groups[('class', MODES[1])])} | "
                      f"{fmt(groups[('data', 'mixunlearn')])} | {fmt(groups[('data', MODES[1])])} | "
                      f"**{fmt(mean_gap)}** | {fmt(test_f)} | {fmt(d_test_r)} | {fmt(d_train_f)} | "
+                     f"{fmt3(health('share_err'))} | {fmt3(health('std_mid'))} | {fmt3(health('gain_retain'))} | "
                      f"{len(rs)}{f' ({failed} failed)' if failed else ''} | "
                      f"{np.mean([r['seconds'] for r in rs]):.1f} |")
     best = min((s for s in scored if s[0] == s[0]), default=None)
@@ -193,7 +201,8 @@ def main() -> int:
                 try:
                     res = run_method(mode, original, data, cfg, device=device)
                     m = evaluate(res.model, data, seed)
-                    row.update(metrics=m, gap=gap_to_retrain(m, r_metrics, level), seconds=res.seconds)
+                    row.update(metrics=m, gap=gap_to_retrain(m, r_metrics, level), seconds=res.seconds,
+                               health=res.extras.get("health", {}))
                 except NonFiniteLossError as exc:
                     row.update(failed=True, error=str(exc), metrics={}, gap=float("nan"), seconds=0.0)
                 rows.append(row)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixunlearn.generator import MixBlock, check_finite, mix_images, mixblock_param_count, vanilla_mask, vanilla_mix
+from mixunlearn.generator import (
+    MixBlock,
+    check_finite,
+    mix_images,
+    mixblock_param_count,
+    project_share,
+    share_penalty,
+    vanilla_mask,
+    vanilla_mix,
+)
 from mixunlearn.models import build_model
 
 
@@ -141,3 +150,79 @@ def test_bad_arguments():
         MixBlock(16, upsample="bicubic")
     with pytest.raises(ValueError):
         MixBlock(16)(*_feats(c=16), torch.ones(3), (8, 8))
+
+
+# --------------------------------------------------------------------------- the share constraint (§3.3)
+
+
+@pytest.mark.parametrize("lam", [0.02, 0.25, 0.5, 0.7, 0.98])
+@pytest.mark.parametrize("init", ["normal", "kaiming"])
+def test_projection_ties_the_share_to_lambda_at_init(lam, init):
+    torch.manual_seed(12)
+    block = MixBlock(16, init=init, project=True)
+    z_i, z_j = _feats(c=16, seed=13)
+    m = block(z_i, z_j, lam, (8, 8)).detach()
+    assert float((m[:, 0].flatten(1).mean(1) - lam).abs().max()) < 1e-4
+    assert bool((m >= 0).all()) and bool((m <= 1).all())
+    assert torch.allclose(m.sum(1), torch.ones(6, 8, 8), atol=1e-6)
+    # Per-sample λ: each sample gets its own share.
+    lams = torch.linspace(0.05, 0.95, 6)
+    m = block(z_i, z_j, lams, (8, 8)).detach()
+    assert float((m[:, 0].flatten(1).mean(1) - lams).abs().max()) < 1e-4
+
+
+def test_projection_keeps_the_tie_after_training_and_gradients_reach_q_k_v():
+    torch.manual_seed(14)
+    block = MixBlock(16, init="kaiming", project=True)
+    opt = torch.optim.Adam(block.parameters(), lr=3e-2)
+    z_i, z_j = _feats(c=16, seed=15)
+    target = torch.zeros(8, 8)
+    target[:, :4] = 1.0  # something to learn: forget pixels on the left half
+    for step in range(40):
+        lam = torch.rand(6, generator=torch.Generator().manual_seed(step)) * 0.9 + 0.05
+        m = block(z_i, z_j, lam, (8, 8))
+        loss = -(m[:, 0] * target).mean()
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for name in ("query", "key", "value"):
+                grad = getattr(block, name).weight.grad
+                assert grad is not None and float(grad.abs().sum()) > 0, name
+        opt.step()
+    for lam in (0.1, 0.5, 0.9):
+        m = block(z_i, z_j, lam, (8, 8)).detach()[:, 0]
+        assert float((m.flatten(1).mean(1) - lam).abs().max()) < 1e-4
+    m = block(z_i, z_j, 0.5, (8, 8)).detach()[:, 0]
+    assert float(m[:, :, :4].mean()) > float(m[:, :, 4:].mean()) + 0.1  # it learned where, not how much
+
+
+def test_project_share_by_hand():
+    m = torch.tensor([[[0.2, 0.4], [0.6, 0.8]]])  # mean 0.5
+    down = project_share(m, 0.25)  # mean > λ: M·λ/m
+    assert torch.allclose(down, m * 0.5, atol=1e-7)
+    up = project_share(m, 0.75)  # mean < λ: 1 − (1 − M)(1 − λ)/(1 − m)
+    assert torch.allclose(up, 1 - (1 - m) * 0.5, atol=1e-7)
+    assert torch.allclose(project_share(m, 0.5), m, atol=1e-7)
+    flat = torch.zeros(1, 2, 2)  # an all-retain mask still reaches λ
+    assert abs(float(project_share(flat, 0.3).mean()) - 0.3) < 1e-4
+
+
+def test_share_penalty_is_automix_mask_loss():
+    m_i = torch.stack([torch.full((4, 4), 0.9), torch.full((4, 4), 0.5), torch.full((4, 4), 0.2)])
+    mask = torch.stack([m_i, 1 - m_i], 1)
+    lam = torch.tensor([0.5, 0.55, 0.5])
+    # |0.9-0.5| - 0.1 = 0.3; |0.5-0.55| - 0.1 < 0 -> 0; |0.2-0.5| - 0.1 = 0.2
+    assert float(share_penalty(mask, lam, 0.1)) == pytest.approx((0.3 + 0.0 + 0.2) / 3, abs=1e-6)
+    assert float(share_penalty(mask, lam, 0.0)) == pytest.approx((0.4 + 0.05 + 0.3) / 3, abs=1e-6)
+
+
+def test_kaiming_init_gives_structure_from_the_first_step():
+    z_i, z_j = _feats(c=16, seed=16)
+    torch.manual_seed(17)
+    flat = MixBlock(16, init="normal", project=True)(z_i, z_j, 0.5, (8, 8)).detach()[:, 0]
+    torch.manual_seed(17)
+    he = MixBlock(16, init="kaiming", project=True)(z_i, z_j, 0.5, (8, 8)).detach()[:, 0]
+    spread = lambda m: float(m.flatten(1).std(1).mean())  # noqa: E731
+    assert spread(flat) < 1e-5 and spread(he) > 100 * spread(flat)  # N(0, 0.01²): flat attention, flat mask
+    with pytest.raises(ValueError, match="init"):
+        MixBlock(16, init="xavier")

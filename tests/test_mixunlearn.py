@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mixunlearn.losses import pair_terms, sharpen
+from mixunlearn.losses import sharpen
 from mixunlearn.methods import get_method, make_config, run_method
 from mixunlearn.methods.mixunlearn import (
     MAX_SNAPSHOTS,
@@ -20,6 +20,7 @@ from mixunlearn.methods.mixunlearn import (
     MixUnlearnTrainer,
 )
 from mixunlearn.metrics import predict_logits
+from mixunlearn.models import build_model
 from mixunlearn.progress import NonFiniteLossError, RunCancelled
 
 SNAP_KEYS = {"update", "step", "lams", "x_f", "x_r", "mask", "mixed", "vanilla", "mask_mean", "mask_std", "pred",
@@ -282,35 +283,158 @@ def test_pair_different_classes_avoids_same_class_pairs(digits_data_level):
 
 
 def test_property_16_toy_adversary(digits_class3):
+    """Through the trainer's own steps: 20 generator steps (unlearner frozen) lower L_gen, lower the
+    mean forget term b and raise the mean retain term a; then, with the mixer fixed (g untouched,
+    one pairing), 50 unlearner steps on L_mix alone lower a and raise b. A sign flip of either
+    objective in the trainer fails this test."""
     tr = _trainer(digits_class3, _cfg(use_l_real=False))
     b = _first_batch(tr, 32)
     lam = torch.tensor(0.5)
     u0 = _state(tr.f_u)
-    l_gen = [float(tr.generator_step(b, lam)["l_gen"]) for _ in range(20)]
+    steps = [tr.generator_step(b, lam) for _ in range(20)]
+    l_gen = [float(o["l_gen"]) for o in steps]
+    a_g = [float(o["a"].mean()) for o in steps]
+    b_g = [float(o["b"].mean()) for o in steps]
     assert l_gen[-1] < l_gen[0]
+    assert a_g[-1] > a_g[0] and b_g[-1] < b_g[0], (a_g[0], a_g[-1], b_g[0], b_g[-1])
     assert _same(u0, _state(tr.f_u))  # the unlearner was frozen throughout
-    # Mixer fixed: one mask and pairing; 50 unlearner steps on L_mix alone.
+    g0 = _state(tr.g)
+    perm = torch.randperm(len(b.x_f), generator=torch.Generator().manual_seed(0))
+    tr.pairing = lambda _b: perm  # one pairing: the mixer is fixed
+    outs = [tr.unlearner_step(b, lam) for _ in range(50)]
+    assert _same(g0, _state(tr.g))
+    assert all(torch.equal(o["mask"], outs[0]["mask"]) for o in outs)
+    a_u = [float(o["a"].mean()) for o in outs]
+    b_u = [float(o["b"].mean()) for o in outs]
+    assert a_u[-1] < a_u[0] and b_u[-1] > b_u[0], (a_u[0], a_u[-1], b_u[0], b_u[-1])
+
+
+class _Tiny(torch.nn.Module):
+    """A BatchNorm-free model (train and eval forwards agree), for comparing the two steps' losses."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def mix_feature_map(self, x):
+        return torch.relu(self.conv(x))
+
+    def forward(self, x):
+        return self.fc(self.mix_feature_map(x).flatten(1))
+
+
+def _gen_loss_now(tr, b, lam) -> float:
+    """L_gen of the trainer's generator step at the current state, leaving g and its optimiser as they were."""
+    g0, o0 = copy.deepcopy(tr.g.state_dict()), copy.deepcopy(tr.opt_g.state_dict())
+    out = float(tr.generator_step(b, lam)["l_gen"])
+    tr.g.load_state_dict(g0)
+    tr.opt_g.load_state_dict(o0)
+    return out
+
+
+def test_property_8_gen_loss_is_minus_mix_loss_through_the_trainer(digits_class3):
+    d = digits_class3[0]
+    lam = torch.tensor(0.37)
+    losses = {}
+    for red in ("mean", "sum"):
+        tr = MixUnlearnTrainer(_Tiny(), d, _cfg(use_l_real=False, tau_gen=5.0, tau_mix=5.0, reduction=red))
+        b = _first_batch(tr, 16)
+        tr.pairing = lambda _b: torch.arange(16)  # the generator step's π = identity
+        l_gen = _gen_loss_now(tr, b, lam)
+        l_mix = float(tr.unlearner_step(b, lam)["losses"]["l_mix"])
+        assert l_gen == pytest.approx(-l_mix, abs=1e-6)
+        losses[red] = l_gen
+    assert losses["sum"] == pytest.approx(16 * losses["mean"], rel=1e-5)
+
+
+def _perturb(net) -> None:
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("fixed_net", ["current", "initial", "ema"])
+def test_fixed_net_is_the_network_the_generator_attacks(digits_class3, fixed_net):
+    tr = _trainer(digits_class3, _cfg(fixed_net=fixed_net))
+    b = _first_batch(tr)
+    lam = torch.tensor(0.6)
+    attacked = {"current": tr.f_u, "initial": tr.f_d, "ema": tr.ema}[fixed_net]
+    others = [n for n in (tr.f_u, tr.f_d, tr.ema) if n is not None and n is not attacked]
+    l0 = _gen_loss_now(tr, b, lam)
+    assert _gen_loss_now(tr, b, lam) == l0  # the helper leaves everything as it was
+    for other in others:
+        _perturb(other)
+        assert _gen_loss_now(tr, b, lam) == l0, "the generator's loss read a network it does not attack"
+    _perturb(attacked)
+    assert abs(_gen_loss_now(tr, b, lam) - l0) > 1e-6, "the generator does not attack its fixed network"
+
+
+def test_ema_follows_the_unlearner(digits_class3):
+    m = 0.9
+    tr = _trainer(digits_class3, _cfg(fixed_net="ema", ema_momentum=m))
+    b = _first_batch(tr)
+    e0 = [p.detach().clone() for p in tr.ema.parameters()]
+    for _ in range(2):
+        tr.unlearner_step(b, torch.tensor(0.5))
+        u1 = [p.detach().clone() for p in tr.f_u.parameters()]
+        for pe, before, pu in zip(tr.ema.parameters(), e0, u1):
+            assert torch.allclose(pe, m * before + (1 - m) * pu, atol=1e-6)
+        for be, bu in zip(tr.ema.buffers(), tr.f_u.buffers()):
+            assert torch.equal(be, bu)
+        e0 = [p.detach().clone() for p in tr.ema.parameters()]
+    assert not _same(_state(tr.ema), _state(tr.f_d))
+
+
+def _sim(p, t):
+    return 1 - (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1))
+
+
+def test_temperatures_and_omega_each_reach_their_own_loss(digits_class3):
+    """τ_gen, τ_mix, τ_real and ω set to different values; l_gen, l_mix and l_real recomputed by hand
+    from the trainer's own mixes. Swapping two temperatures or dropping ω fails the comparison."""
+    cfg = _cfg(tau_gen=3.0, tau_mix=7.0, tau_real=11.0, omega=0.6)
+    # An untrained network: the trained original fits D so well that SimLoss on real samples is ~0.
+    tr = MixUnlearnTrainer(build_model("digits_cnn", seed=0), digits_class3[0], cfg)
+    b = _first_batch(tr)
+    lam = torch.tensor(0.45)
+
+    def s_tau(a, bb, tau):
+        return float(a.mean() - torch.logsumexp(bb / tau, 0))
+
+    # Generator step: the fixed network is the current f_U (eval mode), π = identity.
     with torch.no_grad():
         mask = tr.g(b.z_f, b.z_r, lam, tr.size)
-    x_mix = torch.lerp(b.x_r, b.x_f, mask[:, :1])
-
-    def terms():
-        with torch.no_grad():
-            probs = torch.softmax(tr.f_u.eval()(x_mix), 1)
-        a, bb = pair_terms(probs, b.p_r, b.p_f, lam)
-        return float(a.mean()), float(bb.mean())
-
-    a0, b0 = terms()
-    opt = torch.optim.Adam(tr.f_u.parameters(), lr=5e-4)
-    for _ in range(50):
-        tr.f_u.train()
-        a, bb = pair_terms(torch.softmax(tr.f_u(x_mix), 1), b.p_r, b.p_f, lam)
-        loss = a.mean() - torch.logsumexp(bb, 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    a1, b1 = terms()
-    assert a1 < a0 and b1 > b0, (a0, a1, b0, b1)
+        probs = torch.softmax(tr.f_u.eval()(torch.lerp(b.x_r, b.x_f, mask[:, :1])), 1)
+    tr.f_u.train()
+    a, bb = (1 - lam) * _sim(probs, b.p_r), lam * _sim(probs, b.p_f)
+    l_gen = float(tr.generator_step(b, lam)["l_gen"])
+    assert l_gen == pytest.approx(-s_tau(a, bb, 3.0), abs=1e-5)
+    assert l_gen != pytest.approx(-s_tau(a, bb, 7.0), abs=1e-5)
+    # Unlearner step: one train-mode forward over [mixes, real retain, real forget].
+    u0 = copy.deepcopy(tr.f_u.state_dict())
+    perm = torch.arange(len(b.x_f)).flip(0)
+    tr.pairing = lambda _b: perm
+    out = tr.unlearner_step(b, lam)
+    tr.f_u.load_state_dict(u0)
+    tr.f_u.train()
+    n = len(b.x_f)
+    with torch.no_grad():
+        probs = torch.softmax(tr.f_u(torch.cat([out["x_mix"], b.x_r, b.x_f])), 1)
+    a, bb = (1 - lam) * _sim(probs[:n], b.p_r[perm]), lam * _sim(probs[:n], b.p_f)
+    c, dd = _sim(probs[n:2 * n], b.p_r), _sim(probs[2 * n:], b.p_f)
+    l_mix, l_real = float(out["losses"]["l_mix"]), float(out["losses"]["l_real"])
+    assert l_mix == pytest.approx(s_tau(a, bb, 7.0), abs=1e-5)
+    assert l_mix != pytest.approx(s_tau(a, bb, 3.0), abs=1e-5)
+    assert l_real == pytest.approx(0.6 * s_tau(c, dd, 11.0), abs=1e-5)
+    assert l_real != pytest.approx(s_tau(c, dd, 11.0), abs=1e-5)
+    assert l_real != pytest.approx(0.6 * s_tau(c, dd, 7.0), abs=1e-5)
 
 
 def test_property_17_determinism(digits_class3):
