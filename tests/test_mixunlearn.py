@@ -621,7 +621,8 @@ from mixunlearn.models import build_model
 torch.set_num_threads(1)
 data = make_split(load_dataset("digits"), "class:3", seed=0)
 kw = json.loads(sys.argv[1])
-out = MixUnlearnTrainer(build_model("digits_cnn", seed=0), data, MixUnlearnConfig(epochs=2, snapshot_every=1, **kw)).run()
+cfg = MixUnlearnConfig(epochs=2, snapshot_every=1, **kw)
+out = MixUnlearnTrainer(build_model("digits_cnn", seed=0), data, cfg).run()
 h = hashlib.sha256()
 for k, v in sorted(out.model.state_dict().items()):
     h.update(k.encode()); h.update(v.detach().contiguous().numpy().tobytes())
