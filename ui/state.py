@@ -66,6 +66,10 @@ def warm_up_projections() -> None:
         if _warm_started:
             return
         _warm_started = True
+    # umap-learn imports pandas. Plotly, building a figure on another thread, takes pandas from
+    # sys.modules without importing it, so a half-imported pandas there fails the figure
+    # ("partially initialized module 'pandas'"); import it fully here, before the thread starts.
+    import pandas  # noqa: F401
 
     def work() -> None:
         try:
