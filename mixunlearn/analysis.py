@@ -490,3 +490,20 @@ def mask_collapse(snap: Mapping[str, Any], low: float = 0.05, high: float = 0.95
     if bool((mm < low).all()):
         return "retain"
     return None
+
+
+# Generator health (METHOD.md §9): the scalars each snapshot carries as ``h_{key}``, in this order.
+HEALTH_KEYS = ("share_err", "share_slope", "std_mid", "gain_retain", "gain_forget")
+# The debug views at λ = ``debug_lam`` a snapshot carries (runs stored before they existed lack them).
+DEBUG_KEYS = ("debug_value_f", "debug_value_r", "debug_attn_f", "debug_logit_diff")
+
+
+def snapshot_health(snap: Mapping[str, Any]) -> dict[str, float]:
+    """One snapshot's health scalars as floats, keyed as :data:`HEALTH_KEYS`; the keys the
+    snapshot lacks are left out ({} for a run stored before they were recorded)."""
+    return {k: float(snap[f"h_{k}"]) for k in HEALTH_KEYS if f"h_{k}" in snap}
+
+
+def has_debug_views(snap: Mapping[str, Any]) -> bool:
+    """Whether a snapshot carries the generator's debug views (value maps, attention, logits)."""
+    return all(k in snap for k in DEBUG_KEYS)

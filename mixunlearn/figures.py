@@ -358,6 +358,121 @@ def generator_curves(history: Mapping[str, Any], *, title: str | None = None) ->
     return _layout(fig, title, 340)
 
 
+# --------------------------------------------------------------------------- generator health and debug views
+
+
+HEALTH_TITLES = {"share_err": "share error", "share_slope": "share-vs-λ slope", "std_mid": "std at λ 0.5",
+                 "gain_retain": "gain (retain)", "gain_forget": "gain (forget)"}
+# Panels of :func:`generator_health_curves`: title, the health keys drawn in it, a reference level.
+_HEALTH_PANELS = (("share error |share − λ| (0 = share follows λ)", ("share_err",), 0.0),
+                  ("share-vs-λ slope (1 = tied to λ, 0 = deaf)", ("share_slope",), 1.0),
+                  ("mask spatial std at λ 0.5 (0 = flat blend)", ("std_mid",), 0.0),
+                  ("adversarial gain vs a plain blend (> 0 = harder)", ("gain_retain", "gain_forget"), 0.0))
+_HEALTH_COLOURS = {"share_err": PALETTE[0], "share_slope": PALETTE[1], "std_mid": PALETTE[2],
+                   "gain_retain": SET_COLOURS["retain"], "gain_forget": FORGET_COLOUR}
+
+
+def generator_health_curves(snapshots: Sequence[Mapping[str, Any]], *, selected_update: int | None = None,
+                            title: str | None = None) -> go.Figure:
+    """The generator's health over generator updates (x = the snapshot's ``update``), one point per
+    snapshot, read from the snapshot keys ``h_{key}`` (METHOD.md §9): share error, share-vs-λ slope,
+    spatial std at λ 0.5 and the adversarial gain to the retain and the forget target; dotted lines
+    at the reference levels, a dashed one at ``selected_update``. Snapshots stored without these keys
+    are skipped; with none at all the figure is empty and its title says so."""
+    snaps = sorted(snapshots, key=lambda s: int(s.get("update", 0)))
+    if not any(f"h_{k}" in s for s in snaps for k in HEALTH_TITLES):
+        return _layout(go.Figure(), title or "no generator health numbers in these snapshots", 160)
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[0] for p in _HEALTH_PANELS], horizontal_spacing=0.08,
+                        vertical_spacing=0.2)
+    for p, (_, keys, ref) in enumerate(_HEALTH_PANELS):
+        r, c = p // 2 + 1, p % 2 + 1
+        for key in keys:
+            pts = [(int(s.get("update", 0)), float(_np(s[f"h_{key}"]))) for s in snaps if f"h_{key}" in s]
+            if pts:
+                fig.add_trace(go.Scatter(x=[u for u, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+                                         name=HEALTH_TITLES[key], line=dict(color=_HEALTH_COLOURS[key]),
+                                         marker=dict(size=5),
+                                         hovertemplate="update %{x}<br>%{y:.3f}<extra>" + HEALTH_TITLES[key]
+                                         + "</extra>"), row=r, col=c)
+        fig.add_hline(y=ref, line=dict(dash="dot", color="#999999", width=1), row=r, col=c)
+        if selected_update is not None:
+            fig.add_vline(x=int(selected_update), line=dict(dash="dash", color="#444444", width=1), row=r, col=c)
+    fig.update_xaxes(title_text="generator update", row=2)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(legend=dict(orientation="h", y=-0.18))
+    return _layout(fig, title, 560)
+
+
+DEBUG_PANELS = ("value map v of x_f", "value map v of x_r", "logit difference m_i − m_j", "mask (forget share)",
+                "attention A_f", "attention received in x_r")
+
+
+def _map_trace(z: np.ndarray, name: str, *, zmin: float | None = None, zmax: float | None = None,
+               zmid: float | None = None, colorscale: str = "Viridis") -> go.Heatmap:
+    """A 2-D map drawn as stored: row 0 at the top (the page reverses the y axis), hover = row, column."""
+    return go.Heatmap(z=z, zmin=zmin, zmax=zmax, zmid=zmid, colorscale=colorscale, name=name,
+                      hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra>" + name + "</extra>")
+
+
+def generator_debug_figure(snap: Mapping[str, Any], pair: int = 0, *, title: str | None = None) -> go.Figure:
+    """AdAutoMix-style debug views of the MixBlock for one probe pair at λ = ``debug_lam`` (0.5):
+    the value maps v of the forget and the retain image (diverging, 0 in the middle), the logit
+    difference m_i − m_j before upsampling, the mask at that λ (fixed 0-1 scale), the attention A_f
+    (rows: forget positions, columns: the retain image's positions; rows sum to 1) and its column
+    mean × P reshaped to h × w (where the forget positions look in the retain image; 1 = uniform).
+    Panels whose keys the snapshot lacks are left out; a snapshot with no debug key at all (a run
+    stored before they were recorded) gives an empty figure whose title says so."""
+    keys = ("debug_value_f", "debug_value_r", "debug_logit_diff", "debug_attn_f")
+    present = [k for k in keys if k in snap]
+    if not present:
+        return _layout(go.Figure(), title or "no generator debug views in this snapshot", 160)
+    n_pairs = len(_np(snap[present[0]]))
+    k = int(min(max(0, pair), n_pairs - 1))
+    lam = float(_np(snap.get("debug_lam", 0.5)))
+    panels: list[tuple[str, go.Heatmap]] = []
+    hw: tuple[int, ...] | None = None
+    for key, label in (("debug_value_f", DEBUG_PANELS[0]), ("debug_value_r", DEBUG_PANELS[1]),
+                       ("debug_logit_diff", DEBUG_PANELS[2])):
+        if key in snap:
+            z = _np(snap[key])[k].astype(float)
+            hw = z.shape
+            lim = float(np.abs(z).max()) or 1.0
+            panels.append((f"{label}<br><sup>range {z.min():.2f} … {z.max():.2f}</sup>",
+                           _map_trace(z, label, zmin=-lim, zmax=lim, zmid=0.0, colorscale="RdBu_r")))
+    if "mask" in snap and "lams" in snap:
+        lams = _np(snap["lams"]).astype(float)
+        li = int(np.argmin(np.abs(lams - lam)))
+        m = _np(snap["mask"])[li, k].astype(float)
+        panels.append((f"{DEBUG_PANELS[3]} at λ {lams[li]:g}<br><sup>share {m.mean():.2f} · std {m.std():.3f}</sup>",
+                       _map_trace(m, DEBUG_PANELS[3], zmin=0.0, zmax=1.0)))
+    if "debug_attn_f" in snap:
+        a = _np(snap["debug_attn_f"])[k].astype(float)
+        n_pos = a.shape[-1]
+        panels.append((f"{DEBUG_PANELS[4]} (forget rows × retain columns)<br><sup>mean row max "
+                       f"{a.max(1).mean():.3f} · flat = 1/P = {1 / n_pos:.3f}</sup>",
+                       _map_trace(a, DEBUG_PANELS[4], zmin=0.0)))
+        if hw is None or hw[0] * hw[1] != n_pos:
+            side = int(round(math.sqrt(n_pos)))
+            hw = (side, n_pos // side) if side * (n_pos // side) == n_pos else (1, n_pos)
+        received = a.mean(0).reshape(hw) * n_pos
+        panels.append((f"{DEBUG_PANELS[5]} (× P, 1 = uniform)<br><sup>range {received.min():.2f} … "
+                       f"{received.max():.2f}</sup>", _map_trace(received, DEBUG_PANELS[5], zmin=0.0)))
+    n_rows, n_cols = _grid_shape(len(panels), 3)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[t for t, _ in panels], horizontal_spacing=0.1,
+                        vertical_spacing=0.22 / n_rows)
+    for i, (_, trace) in enumerate(panels):
+        r, c = i // n_cols + 1, i % n_cols + 1
+        sp = fig.get_subplot(r, c)
+        x1, (y0, y1) = sp.xaxis.domain[1], sp.yaxis.domain
+        trace.colorbar = dict(x=x1 + 0.005, y=(y0 + y1) / 2, len=0.9 * (y1 - y0), thickness=10, xanchor="left")
+        fig.add_trace(trace, row=r, col=c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    fig.update_annotations(font_size=12)
+    head = f"pair {k} · λ = {lam:g} · generator update {snap.get('update', '?')}"
+    return _layout(fig, title or head, 300 * n_rows + 70)
+
+
 # --------------------------------------------------------------------------- toy
 
 
