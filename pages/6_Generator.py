@@ -1,7 +1,9 @@
 """Generator: for MixUnlearn runs, what the MixBlock generator produces -- per probe pair the
 forget image, the retain image, the mask (fixed 0-1 scale), the mixed image and the vanilla
-λ-mix, with λ and the model's prediction -- with a slider over the generator snapshots, and
-the curves of L_gen, L_mix, L_real and the mean mask share."""
+λ-mix, with λ and the model's prediction -- with a slider over the generator snapshots; the
+generator's health over its updates (share error, share-vs-λ slope, spatial std, adversarial
+gain); debug views of one probe pair (value maps, logit difference, mask, attention); and the
+curves of L_gen, L_mix, L_real and the mean mask share."""
 
 from __future__ import annotations
 
@@ -10,6 +12,16 @@ import streamlit as st
 from mixunlearn import analysis, figures
 from mixunlearn.methods import method_names
 from ui import widgets
+
+_HEALTH_HELP = {
+    "share_err": "Mean |share − λ| over the probe pairs and λs: 0 = the mask's forget share is exactly λ.",
+    "share_slope": "Least-squares slope of the mask's share against λ: 1 = tied to λ, 0 = deaf to λ.",
+    "std_mid": "The mask's mean spatial standard deviation at λ = 0.5: 0 = a flat blend, no spatial structure.",
+    "gain_retain": "SimLoss to the retain target of the fixed network's output on the MixBlock mix minus on a "
+                   "plain blend of the same share: > 0 = the mix looks less like retain than the blend.",
+    "gain_forget": "Sign-flipped SimLoss to the forget target, mix vs plain blend of the same share: > 0 = the "
+                   "mix looks more like forget than the blend.",
+}
 
 st.title("Generator")
 st.caption("MixUnlearn's generator mixes a forget image x_f and a retain image x_r with a per-pixel mask M (the "
@@ -59,7 +71,44 @@ if picked is not None:
                 st.warning("Collapse: every mask gives the forget image nearly all the pixels (share > 0.95).")
             elif collapse == "retain":
                 st.warning("Collapse: every mask gives the retain image nearly all the pixels (share < 0.05).")
+            health = analysis.snapshot_health(snap)
+            if health:
+                cols = st.columns(len(health))
+                for col, (k, v) in zip(cols, health.items()):
+                    col.metric(figures.HEALTH_TITLES[k], f"{v:+.3f}" if k.startswith("gain") else f"{v:.3f}",
+                               help=_HEALTH_HELP[k])
             st.plotly_chart(figures.generator_grid(snap, li, class_names=class_names), key=f"gen-grid-{run_id}")
+            if any(analysis.snapshot_health(s) for s in snaps):
+                st.subheader("Generator health")
+                st.plotly_chart(figures.generator_health_curves(snaps, selected_update=snap.get("update")),
+                                key=f"gen-health-{run_id}")
+                st.caption("One point per snapshot; the dashed line is the snapshot picked above. A healthy generator "
+                           "keeps the share error small and the slope near 1 (the mask follows λ), has a spatial "
+                           "std above 0 (a real mask, not a flat blend) and a positive adversarial gain (its mixes "
+                           "are harder for the fixed network than a plain blend of the same share).")
+            if analysis.has_debug_views(snap):
+                lam_d = float(snap.get("debug_lam", 0.5))
+                st.subheader(f"Debug views at λ = {lam_d:g}")
+                n_pairs = len(snap["debug_value_f"])
+                cls = (lambda c: class_names[c] if class_names and 0 <= c < len(class_names) else str(c))
+                pairs = {k: f"pair {k}" + (f": {cls(int(snap['f_cls'][k]))} + {cls(int(snap['r_cls'][k]))}"
+                                           if "f_cls" in snap and "r_cls" in snap else "") for k in range(n_pairs)}
+                pair = st.selectbox("Probe pair (forget + retain class)", list(pairs), format_func=pairs.get,
+                                    key=f"debug-pair-{run_id}-{method}")
+                st.plotly_chart(figures.generator_debug_figure(snap, pair), key=f"gen-debug-{run_id}")
+                st.caption("**Value maps** (red > 0 > blue): the MixBlock's per-position score of each image. "
+                           "Each logit is an attention-weighted average of its image's values (m_i of v_f, m_j of "
+                           "v_r), so the value maps decide where the forget image wins; two flat value maps give a "
+                           "flat mask whatever the attention does. **Logit difference** m_i − m_j: > 0 where the "
+                           "forget image takes the pixel; the mask is its sigmoid after upsampling (then the share "
+                           "projection, when on). **Mask**: the forget share at this λ, fixed 0–1 scale.")
+                st.caption("**Attention A_f**: row p is where forget position p looks in the retain image (rows "
+                           "sum to 1). A flat matrix (every entry ≈ 1/P) means every position averages all values, "
+                           "so the logits and the mask come out flat. **Attention received**: the column mean × P "
+                           "as an image, where the forget positions look in the retain image (1 = uniform).")
+            if not analysis.snapshot_health(snap) or not analysis.has_debug_views(snap):
+                st.caption("This snapshot has no generator health numbers or debug views: the run was stored "
+                           "before MixUnlearn recorded them. Run MixUnlearn again to see them.")
             hist = analysis.history_from_tensors(tensors, method)
             if hist:
                 st.plotly_chart(figures.generator_curves(hist, title="training curves"), key=f"gen-curves-{run_id}")

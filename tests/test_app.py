@@ -47,6 +47,13 @@ def _charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
+def _z_shape(z) -> tuple[int, ...]:
+    """The shape of a heatmap's z in a chart spec (a typed array {dtype, bdata, shape} or lists)."""
+    if isinstance(z, dict):
+        return tuple(int(n) for n in str(z["shape"]).split(","))
+    return np.asarray(z).shape
+
+
 def _wait(at: AppTest, key: str, timeout: float = 300) -> jobs.Job:
     job = get_runner().get(at.session_state[key])
     assert job is not None
@@ -205,8 +212,10 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
 
     _open(at, "pages/6_Generator.py")
     grids = _charts(at)
-    assert len(grids) == 2  # the grid and the training curves
+    assert len(grids) == 4  # the grid, the health curves, the debug views and the training curves
     assert grids[0]["layout"]["annotations"][0]["text"] == figures.GEN_COLUMNS[0]
+    assert [t["name"] for t in grids[1]["data"]] == list(figures.HEALTH_TITLES.values())
+    assert [t["type"] for t in grids[2]["data"]] == ["heatmap"] * 6 and len(at.metric) == 5
     assert "λ = 0.5" in grids[0]["layout"]["title"]["text"]
     slider = at.select_slider(key=f"snapshot-{run_id}-mixunlearn")
     assert slider.options[0].startswith("update 0")
@@ -278,8 +287,9 @@ def test_an_unreadable_store_is_a_message(tmp_path, monkeypatch):
     assert "run store" in _texts(at.error).lower()
 
 
-def _synthetic_run(store, *, collapse: bool = False, config: dict | None = None) -> str:
-    """A run committed by hand with the snapshot schema of MixUnlearn (METHOD.md §9)."""
+def _synthetic_run(store, *, collapse: bool = False, config: dict | None = None, health: bool = True) -> str:
+    """A run committed by hand with the snapshot schema of MixUnlearn (METHOD.md §9); ``health=False``
+    leaves out the health numbers and debug views, as in runs stored before they were recorded."""
     g = torch.Generator().manual_seed(0)
     L, P, n = 3, 4, 60
     snaps = []
@@ -293,6 +303,15 @@ def _synthetic_run(store, *, collapse: bool = False, config: dict | None = None)
                       "f_cls": torch.full((P,), 3), "r_cls": torch.randint(0, 10, (P,), generator=g),
                       "p_f": torch.rand(L, P, generator=g), "p_r": torch.rand(L, P, generator=g),
                       "sim_f": torch.rand(L, P, generator=g), "sim_r": torch.rand(L, P, generator=g)})
+        if health:
+            snaps[-1].update({"h_share_err": torch.tensor(0.1 + u / 100), "h_share_slope": torch.tensor(0.9),
+                              "h_std_mid": torch.tensor(0.05), "h_gain_retain": torch.tensor(0.02),
+                              "h_gain_forget": torch.tensor(-0.01), "gain_r": torch.randn(L, P, generator=g),
+                              "gain_f": torch.randn(L, P, generator=g), "debug_lam": torch.tensor(0.5),
+                              "debug_value_f": torch.randn(P, 2, 2, generator=g),
+                              "debug_value_r": torch.randn(P, 2, 2, generator=g),
+                              "debug_attn_f": torch.softmax(torch.randn(P, 4, 4, generator=g), -1),
+                              "debug_logit_diff": torch.randn(P, 2, 2, generator=g)})
     history = [{"step": s, "l_gen": -0.1 * s, "l_mix": 0.5 - 0.01 * s, "l_real": 0.2, "lam": 0.5,
                 "mask_share": 0.5 + 0.001 * s, "mask_std": 0.1} for s in range(0, 40, 4)]
     models = ["original", "retrain", "mixunlearn"]
@@ -367,7 +386,7 @@ def test_generator_page_on_a_synthetic_snapshot_run():
     run_id = _synthetic_run(RunStore())
     at = _app()
     _open(at, "pages/6_Generator.py")
-    grid, curves = _charts(at)
+    grid, health, debug, curves = _charts(at)
     assert [a["text"] for a in grid["layout"]["annotations"][:5]] == list(figures.GEN_COLUMNS)
     heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
     masks = [t for t in heatmaps if t.get("colorscale") and t["colorscale"][0][1] != "rgb(0,0,0)"
@@ -377,6 +396,41 @@ def test_generator_page_on_a_synthetic_snapshot_run():
     at.radio(key=f"lambda-{run_id}-mixunlearn").set_value(2).run()
     assert "λ = 0.75" in _charts(at)[0]["layout"]["title"]["text"]
     assert not at.warning  # no collapse flagged
+    # health: one line per number over the three updates, the selected (last) snapshot marked
+    assert [t["name"] for t in health["data"]] == list(figures.HEALTH_TITLES.values())
+    assert all(t["x"] == [0, 2, 4] for t in health["data"])
+    assert health["data"][0]["y"] == pytest.approx([0.1, 0.12, 0.14])
+    assert {sh["x0"] for sh in health["layout"]["shapes"] if sh["yref"].endswith("domain")} == {4}
+    assert [m.label for m in at.metric] == list(figures.HEALTH_TITLES.values())
+    assert at.metric[0].value == "0.140" and at.metric[4].value == "-0.010"
+    # debug views of pair 0 at λ = 0.5: value maps, logits, mask, attention, attention received
+    assert [t["type"] for t in debug["data"]] == ["heatmap"] * 6
+    assert "pair 0" in debug["layout"]["title"]["text"] and "λ = 0.5" in debug["layout"]["title"]["text"]
+    # v_f, v_r and m_i − m_j are h x w, the mask H x W, the attention h·w x h·w, the attention received h x w
+    assert [_z_shape(t["z"]) for t in debug["data"]] == [(2, 2)] * 3 + [(8, 8), (4, 4), (2, 2)]
+    assert not at.error  # the page's guard turns an exception into an error message
+    at.selectbox(key=f"debug-pair-{run_id}-mixunlearn").set_value(3).run()
+    assert not at.exception and not at.error and "pair 3" in _charts(at)[2]["layout"]["title"]["text"]
+    at.select_slider(key=f"snapshot-{run_id}-mixunlearn").set_value(0).run()
+    assert not at.exception and not at.error
+    health = _charts(at)[1]
+    assert {sh["x0"] for sh in health["layout"]["shapes"] if sh["yref"].endswith("domain")} == {0}
+    assert at.metric[0].value == "0.100"
+    assert "stored before" not in _texts(at.caption)
+
+
+def test_generator_page_on_an_old_run_without_health_or_debug_views():
+    from mixunlearn.store import RunStore
+
+    _synthetic_run(RunStore(), health=False)
+    at = _app()
+    _open(at, "pages/6_Generator.py")
+    assert not at.error
+    grid, curves = _charts(at)  # the mask grid and the training curves; no health or debug figure
+    assert [a["text"] for a in grid["layout"]["annotations"][:5]] == list(figures.GEN_COLUMNS)
+    assert {t["name"] for t in curves["data"]} >= {"l_gen", "l_mix"}
+    assert not at.metric and not [b for b in at.selectbox if str(b.key).startswith("debug-pair")]
+    assert "stored before MixUnlearn recorded them" in _texts(at.caption)
 
 
 def test_generator_page_flags_a_collapsed_mask():
