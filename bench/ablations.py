@@ -1,6 +1,7 @@
 """MixUnlearn ablations (METHOD.md §8, the paper's Table 3): label-agnostic, class-level, test split.
 
-Variants of ``mixunlearn_agnostic`` at the family defaults: full; w/o MixBlock (vanilla mixup,
+Variants of ``mixunlearn_agnostic`` at the family defaults: full; w/o the share constraint
+(``share_constraint="none"``, ours: the paper has no constraint to ablate); w/o MixBlock (vanilla mixup,
 α ∈ {0.35, 0.75, 1.5}); w/o L_real; w/o L_mix; w/o Sharpen. Each runs on every seed, and the
 table gives mean ± std of Test_r / Test_f / ASR, the gap to our Retrain (from the means), and the
 paper's Table 3 row for the same variant (MNIST's rows beside digits, as context only: digits is
@@ -36,6 +37,7 @@ from tune_mixunlearn import load_setting  # noqa: E402
 VARIANTS = [
     # (our label, overrides, the paper's Table 3 row name)
     ("MixUnlearn (full)", {}, "MixUnlearn (Ours)"),
+    ("w/o constraint", {"share_constraint": "none"}, None),
     ("w/o MB (α=0.35)", {"mixer": "vanilla", "vanilla_alpha": 0.35}, "w/o MB (alpha=0.35)"),
     ("w/o MB (α=0.75)", {"mixer": "vanilla", "vanilla_alpha": 0.75}, "w/o MB (alpha=0.75)"),
     ("w/o MB (α=1.5)", {"mixer": "vanilla", "vanilla_alpha": 1.5}, "w/o MB (alpha=1.5)"),
@@ -83,7 +85,8 @@ def main() -> int:
             res = run_method("mixunlearn_agnostic", original, data, cfg, device=device)
             m = evaluate(res.model, data, seed)
             row = {"variant": label, "seed": seed, "overrides": overrides, "metrics": m,
-                   "gap": gap_to_retrain(m, r_metrics, "class"), "seconds": res.seconds}
+                   "gap": gap_to_retrain(m, r_metrics, "class"), "seconds": res.seconds,
+                   "health": res.extras.get("health", {})}
             rows.append(row)
             with log.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -94,9 +97,9 @@ def main() -> int:
     per = lambda v: [r for r in rows if r["variant"] == v and r["seed"] in seeds]  # noqa: E731
     retrain_mean = {k: float(np.mean([r["metrics"][k] for r in per("Retrain")])) for k in KEYS}
     head = (f"| variant (agnostic, {args.forget}) | Test_r | Test_f | ASR | gap to our Retrain | seconds | "
-            f"paper {paper_ds}: Test_r / Test_f / ASR | paper gap |")
+            f"paper {paper_ds}: Test_r / Test_f / ASR | paper gap | mask std λ 0.5 | retain gain |")
     lines = [f"**Ablations, {args.dataset}, {args.forget}, seeds {args.seeds}, test split, "
-             f"{device_name(device)}**", "", head, "|---|---|---|---|---|---|---|---|"]
+             f"{device_name(device)}**", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
     for label, _, paper_name in [("Retrain", None, "Retrain")] + VARIANTS:
         rs = per(label)
         if not rs:
@@ -106,13 +109,14 @@ def main() -> int:
         means = {k: float(np.mean([r["metrics"][k] for r in rs])) for k in KEYS}
         gap = gap_to_retrain(means, retrain_mean, "class")
         secs = [r["seconds"] for r in rs if r["seconds"] is not None]
-        pr = paper.get(paper_name)
+        pr = paper.get(paper_name) if paper_name else None
         ptxt = " / ".join(f"{pr.metrics[k][0]:.2f}" for k in KEYS) if pr else "–"
         pgap = f"{pr.gap:.2f}" if pr and pr.gap is not None else "–"
+        hs = [r["health"] for r in rs if r.get("health")]
+        htxt = (f"{np.mean([h['std_mid'] for h in hs]):.3f} | {np.mean([h['gain_retain'] for h in hs]):.3f}"
+                if hs else "– | –")
         lines.append(f"| {label} | {cell('test_r')} | {cell('test_f')} | {cell('asr')} | {gap:.2f} | "
-                     f"{np.mean(secs):.1f} | {ptxt} | {pgap} |" if secs else
-                     f"| {label} | {cell('test_r')} | {cell('test_f')} | {cell('asr')} | {gap:.2f} | – | {ptxt} | "
-                     f"{pgap} |")
+                     f"{f'{np.mean(secs):.1f}' if secs else '–'} | {ptxt} | {pgap} | {htxt} |")
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
     print(text)

@@ -134,7 +134,7 @@ def summarise(rows: list[dict], candidates: list[dict[str, str]], base: dict[str
             if dat else float("nan")
         hs = [r.get("health") or {} for r in rs]
 
-        def health(key: str) -> float:
+        def health(key: str, hs: list = hs) -> float:
             vals = [h[key] for h in hs if key in h]
             return float(np.mean(vals)) if vals else float("nan")
 
