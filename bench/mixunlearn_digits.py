@@ -170,6 +170,7 @@ def parse_classes(text: str) -> list[int]:
 
 
 def main() -> int:
+    global METHODS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--classes", default="0-9")
@@ -181,7 +182,6 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--methods", default=",".join(METHODS), help="methods to run (Retrain always)")
     args = p.parse_args()
-    global METHODS
     METHODS = tuple(dict.fromkeys(["retrain", *[m for m in args.methods.split(",") if m]]))
     torch.set_num_threads(args.threads)
     out = Path(args.out)

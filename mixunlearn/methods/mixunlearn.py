@@ -121,11 +121,14 @@ class MixUnlearnConfig(MethodConfig):
                                 min=1, max=10_000)
     probe_pairs: int = param(8, "fixed forget/retain pairs shown in generator snapshots", min=1, max=64)
 
-    # Class defaults are METHOD.md §6's, except τ (above). Per family: digits and the 2-conv CNN chosen
-    # on the validation split (bench/tune_mixunlearn.py, docs/mixunlearn.md); ResNet-18 keeps
-    # METHOD.md's lr and epochs, untuned (no GPU to tune on).
+    # Class defaults are METHOD.md §6's, except τ (above) and the generator's (share projection, He init,
+    # Adam 1e-2: the first build's 1e-3 left the mask flat). Per family: digits and the 2-conv CNN chosen
+    # on the validation split (bench/tune_mixunlearn.py, docs/mixunlearn.md) -- the 2-conv CNN's before
+    # the generator fix, its generator settings untuned; ResNet-18 keeps METHOD.md's lr and epochs,
+    # untuned (no GPU to tune on).
     FAMILY_DEFAULTS = {
-        "digits": {"epochs": 10, "snapshot_every": 1},
+        # digits: the generator settings of validation rounds r1-r3 (docs/mixunlearn.md, "The generator").
+        "digits": {"epochs": 10, "snapshot_every": 1, "alpha": 2.0, "lr_generator": 3e-2},
         "cnn": {"lr": 1e-4, "epochs": 5, "snapshot_every": 10},
         "resnet": {"lr": 5e-5, "epochs": 5, "snapshot_every": 10},
     }
