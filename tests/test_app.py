@@ -94,11 +94,17 @@ def test_every_page_before_any_run_shows_a_helpful_message():
     from mixunlearn.methods import field_specs, get_method, make_config
 
     cfg = make_config("mixunlearn", "digits")
+    checked = set()
     for f in field_specs(get_method("mixunlearn").config_cls):
         matches = [w for w in at.get(_widget_kind(f)) if getattr(w, "key", "") == f"hp:mixunlearn:digits:{f['name']}"]
         assert matches, f["name"]
-        assert matches[0].value == getattr(cfg, f["name"]) or f["choices"] or isinstance(getattr(cfg, f["name"]),
-                                                                                         tuple)
+        default = getattr(cfg, f["name"])
+        # A list field is a comma-separated text; every other widget holds the default itself (a field
+        # with choices too: label_mode, reduction, mixer, upsample, fixed_net, ...).
+        expected = ",".join(str(v) for v in default) if isinstance(default, (tuple, list)) else default
+        assert matches[0].value == expected, (f["name"], matches[0].value, expected)
+        checked.add(f["name"])
+    assert {"label_mode", "reduction", "mixer", "upsample", "fixed_net"} <= checked
 
 
 def _widget_kind(f) -> str:
@@ -132,7 +138,7 @@ def test_methods_that_do_not_support_the_kind_are_disabled_with_a_reason():
 @pytest.mark.parametrize("kind", ["class", "data"])
 def test_every_registered_method_gets_a_hyper_parameter_form(kind):
     """Widgets come from each config dataclass: every method that lands appears with its form."""
-    from mixunlearn.methods import field_specs, get_method
+    from mixunlearn.methods import field_specs, get_method, make_config
 
     at = _app()
     _open(at, "pages/1_Setup.py")
@@ -143,10 +149,16 @@ def test_every_registered_method_gets_a_hyper_parameter_form(kind):
     assert "mixunlearn" in names and "finetune" in names
     box.set_value(names).run()
     assert not at.exception, [e.value for e in at.exception]
-    keys = {w.key for kind_ in ("number_input", "checkbox", "selectbox", "text_input") for w in at.get(kind_)}
+    widgets = {w.key: w for kind_ in ("number_input", "checkbox", "selectbox", "text_input") for w in at.get(kind_)}
     for name in names:
+        cfg = make_config(name, "digits")
         for f in field_specs(get_method(name).config_cls):
-            assert f"hp:{name}:digits:{f['name']}" in keys, (name, f["name"])
+            key = f"hp:{name}:digits:{f['name']}"
+            assert key in widgets, (name, f["name"])
+            # ...prefilled with the family's default (a list field as comma-separated text).
+            default = getattr(cfg, f["name"])
+            expected = ",".join(str(v) for v in default) if isinstance(default, (tuple, list)) else default
+            assert widgets[key].value == expected, (name, f["name"], widgets[key].value, expected)
 
 
 def test_compare_shows_the_papers_row_only_where_the_setting_matches():
