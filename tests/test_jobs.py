@@ -24,6 +24,15 @@ from mixunlearn.jobs import (
 from mixunlearn.progress import NonFiniteLossError, ProgressEvent, RunCancelled
 
 
+def _until(condition, what: str, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, failing after ``timeout`` seconds: tests wait on the state
+    they need, never on a fixed sleep that a loaded machine can outrun."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
+        time.sleep(0.005)
+
+
 def _steps(job: Job, n: int, delay: float = 0.005, source: str = "m") -> int:
     for i in range(1, n + 1):
         time.sleep(delay)
@@ -59,8 +68,8 @@ def test_done_job_goes_queued_running_done_and_keeps_its_result(runner):
         return _steps(job, 5)
 
     job = runner.submit(fn, label="ok")
-    time.sleep(0.05)
-    assert job.state == RUNNING
+    _until(lambda: job.state != QUEUED, "the job left the queue")
+    assert job.state == RUNNING  # and stays there until the gate opens
     gate.set()
     assert job.wait(10)
     assert job.state == DONE and job.result == 5
@@ -85,8 +94,7 @@ def test_cancel_is_honoured_mid_run(runner):
         return "finished"
 
     job = runner.submit(fn)
-    while len(seen) < 5:
-        time.sleep(0.01)
+    _until(lambda: len(seen) >= 5, "the job reported five steps")
     assert job.cancel() is True
     assert job.state in (CANCELLING, CANCELLED)
     assert job.wait(10)
@@ -150,23 +158,26 @@ def test_gpu_jobs_are_serialised_in_arrival_order(runner):
             with lock:
                 log.append(("start", name))
             if wait is not None:
-                wait.wait(5)
-            time.sleep(0.02)
+                assert wait.wait(10)
             with lock:
                 log.append(("end", name))
             return name
         return fn
 
+    # Arrival order is made explicit: each job is submitted only once the one before it holds the
+    # GPU or has joined the queue (two threads started back to back may reach the queue either way).
+    queue = runner.gpu_queue
     first = runner.submit(make("first", release_first), gpu=True)
-    time.sleep(0.05)
+    _until(lambda: queue.holder == first.id and first.state == RUNNING, "the first job holds the GPU")
     second = runner.submit(make("second"), gpu=True)
+    _until(lambda: queue.position(second.id) == 1, "the second job waits first in line")
     third = runner.submit(make("third"), gpu=True)
+    _until(lambda: queue.position(third.id) == 2, "the third job waits behind the second")
     cpu = runner.submit(make("cpu"), gpu=False)  # CPU jobs do not wait for the GPU
     assert cpu.wait(5) and cpu.state == DONE
-    time.sleep(0.1)
     assert second.state == QUEUED and third.state == QUEUED
-    assert "waiting for the GPU" in second.message
-    assert runner.gpu_queue.position(second.id) == 1 and runner.gpu_queue.position(third.id) == 2
+    assert "waiting for the GPU" in second.message and "another run is using it" in third.message
+    assert queue.position(second.id) == 1 and queue.position(third.id) == 2
     release_first.set()
     assert all(j.wait(5) for j in (first, second, third))
     gpu_log = [e for e in log if e[1] != "cpu"]
@@ -177,10 +188,10 @@ def test_gpu_jobs_are_serialised_in_arrival_order(runner):
 
 def test_a_job_waiting_for_the_gpu_can_be_cancelled(runner):
     release = threading.Event()
-    holder = runner.submit(lambda job: release.wait(5), gpu=True)
-    time.sleep(0.05)
+    holder = runner.submit(lambda job: release.wait(10), gpu=True)
+    _until(lambda: runner.gpu_queue.holder == holder.id, "the first job holds the GPU")
     waiting = runner.submit(lambda job: "never", gpu=True)
-    time.sleep(0.05)
+    _until(lambda: runner.gpu_queue.position(waiting.id) is not None, "the second job waits for the GPU")
     assert waiting.state == QUEUED
     assert waiting.cancel() is True
     assert waiting.wait(5) and waiting.state == CANCELLED and waiting.result is None
@@ -189,9 +200,37 @@ def test_a_job_waiting_for_the_gpu_can_be_cancelled(runner):
     assert runner.gpu_queue.holder is None
 
 
-def test_gpu_flag_defaults_from_the_device(runner):
+def test_gpu_flag_defaults_from_the_device(runner, monkeypatch):
+    import torch
+
+    from mixunlearn import utils
+
     assert runner.submit(lambda job: 1, device="cpu").gpu is False
     assert runner.submit(lambda job: 1).gpu is False
+    # An accelerator, on any machine: resolve_device is what decides, so stand in for a CUDA and an
+    # MPS device (the real one raises ValueError where there is none: such a job is a CPU job).
+    resolved = {"cuda": "cuda", "cuda:1": "cuda", "mps": "mps", "auto": "cuda", "cpu": "cpu"}
+
+    def fake_resolve(device):
+        if device not in resolved:
+            raise ValueError(f"unknown device {device!r}")
+        return torch.device(resolved[device])
+
+    monkeypatch.setattr(utils, "resolve_device", fake_resolve)
+    hold = threading.Event()
+    for device in ("cuda", "cuda:1", "mps", "auto"):
+        job = runner.submit(lambda job: hold.wait(10), device=device)
+        assert job.gpu is True, device
+        _until(lambda j=job: j.state != QUEUED or runner.gpu_queue.position(j.id) is not None,
+               f"the {device} job reached the GPU queue")
+    assert runner.submit(lambda job: 1, device="cpu").gpu is False
+    assert runner.submit(lambda job: 1, device="tpu").gpu is False  # unresolvable: not an accelerator
+    # An explicit flag wins over the device.
+    assert runner.submit(lambda job: 1, device="cuda", gpu=False).gpu is False
+    assert runner.submit(lambda job: hold.wait(10), device="cpu", gpu=True).gpu is True
+    hold.set()
+    assert all(j.wait(10) for j in runner.jobs())
+    assert runner.gpu_queue.holder is None
 
 
 def test_failures_keep_a_clear_message_and_the_traceback_apart(runner):
