@@ -368,6 +368,9 @@ _HEALTH_PANELS = (("share error |share − λ| (0 = share follows λ)", ("share_
                   ("share-vs-λ slope (1 = tied to λ, 0 = deaf)", ("share_slope",), 1.0),
                   ("mask spatial std at λ 0.5 (0 = flat blend)", ("std_mid",), 0.0),
                   ("adversarial gain vs a plain blend (> 0 = harder)", ("gain_retain", "gain_forget"), 0.0))
+# The least y range of each panel, widened to the data: float noise around a constant (a share error of
+# 1e-8 under the projection, a slope of 1 − 6e-8) must read as the constant, not fill the panel.
+_HEALTH_RANGES = ((0.0, 0.1), (-0.1, 1.2), (0.0, 0.15), (-0.02, 0.05))
 _HEALTH_COLOURS = {"share_err": PALETTE[0], "share_slope": PALETTE[1], "std_mid": PALETTE[2],
                    "gain_retain": SET_COLOURS["retain"], "gain_forget": FORGET_COLOUR}
 
@@ -386,14 +389,20 @@ def generator_health_curves(snapshots: Sequence[Mapping[str, Any]], *, selected_
                         vertical_spacing=0.2)
     for p, (_, keys, ref) in enumerate(_HEALTH_PANELS):
         r, c = p // 2 + 1, p % 2 + 1
+        lo, hi = _HEALTH_RANGES[p]
         for key in keys:
             pts = [(int(s.get("update", 0)), float(_np(s[f"h_{key}"]))) for s in snaps if f"h_{key}" in s]
+            vals = [v for _, v in pts if np.isfinite(v)]
+            if vals:
+                pad = 0.05 * (max(hi, max(vals)) - min(lo, min(vals)))
+                lo, hi = min(lo, min(vals) - pad), max(hi, max(vals) + pad)
             if pts:
                 fig.add_trace(go.Scatter(x=[u for u, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                                          name=HEALTH_TITLES[key], line=dict(color=_HEALTH_COLOURS[key]),
                                          marker=dict(size=5),
                                          hovertemplate="update %{x}<br>%{y:.3f}<extra>" + HEALTH_TITLES[key]
                                          + "</extra>"), row=r, col=c)
+        fig.update_yaxes(range=[lo, hi], row=r, col=c)
         fig.add_hline(y=ref, line=dict(dash="dot", color="#999999", width=1), row=r, col=c)
         if selected_update is not None:
             fig.add_vline(x=int(selected_update), line=dict(dash="dash", color="#444444", width=1), row=r, col=c)

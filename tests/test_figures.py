@@ -147,3 +147,20 @@ def test_debug_figure_reads_a_real_mixblocks_inspect_output():
     fig = figures.generator_debug_figure(snap, 1)
     assert [_z(t).shape for t in fig.data] == [(h, w), (h, w), (h, w), (H, W), (h * w, h * w), (h, w)]
     assert np.allclose(_z(fig.data[4]).sum(1), 1.0, atol=1e-5)
+
+
+def test_health_curves_do_not_magnify_float_noise():
+    """Under the projection the share error is ~1e-8 and the slope 1 − 6e-8: the panels keep a least
+    range (0-0.1, −0.1-1.2), so noise reads as the constant it is; real values widen the range."""
+    snaps = [_snap(u) for u in range(4)]
+    for k, s in enumerate(snaps):
+        s["h_share_err"] = torch.tensor(1e-8 * (k + 1))
+        s["h_share_slope"] = torch.tensor(1.0 - 6e-8 * k)
+        s["h_std_mid"] = torch.tensor(0.4)  # beyond the least range: widened
+    fig = figures.generator_health_curves(snaps)
+    lo, hi = fig.layout.yaxis.range
+    assert lo <= 0.0 and hi >= 0.1
+    lo, hi = fig.layout.yaxis2.range
+    assert lo <= -0.1 and hi >= 1.2
+    lo, hi = fig.layout.yaxis3.range
+    assert lo <= 0.0 and hi > 0.4
