@@ -57,10 +57,8 @@ def _rows_in(rows: torch.Tensor, pool: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------- label-agnostic methods
 
 
-@pytest.mark.parametrize("name", ["laf", "randlabel", "l_mix", "bad_teacher"])
-def test_label_agnostic_methods_ignore_garbage_labels(task, name):
-    data, original = task
-    assert get_method(name).labels == "agnostic"
+def _garbage_labels(data):
+    """``data`` with every label replaced by random classes (images, split and spec unchanged)."""
     g = torch.Generator().manual_seed(123)
     garbage = dataclasses.replace(
         data,
@@ -68,12 +66,40 @@ def test_label_agnostic_methods_ignore_garbage_labels(task, name):
         y_clean=torch.randint(0, 10, data.y_train.shape, generator=g),
         y_test=torch.randint(0, 10, data.y_test.shape, generator=g),
     )
-    assert not torch.equal(garbage.y_train, data.y_train)
-    a = run_method(name, original, data, SHORT[name], device="cpu").model
-    b = run_method(name, original, garbage, SHORT[name], device="cpu").model
+    assert not torch.equal(garbage.y_train[data.forget_idx], data.y_train[data.forget_idx])
+    assert not torch.equal(garbage.y_train[data.retain_idx], data.y_train[data.retain_idx])
+    return garbage
+
+
+def _call_directly(name, original, data, overrides):
+    """The method's own function on a copy of ``original``, *not* through run_method (which hands
+    label-agnostic methods a label-free view): the labels in ``data`` are there to be read."""
+    out = get_method(name).fn(copy.deepcopy(original), data, make_config(name, original.family, overrides),
+                              device=torch.device("cpu"), callbacks=[])
+    return getattr(out, "model", out)
+
+
+@pytest.mark.parametrize("name", ["laf", "randlabel", "l_mix", "bad_teacher"])
+def test_label_agnostic_methods_ignore_garbage_labels(task, name):
+    """Called with the true labels and with garbage labels in reach, a label-agnostic method gives
+    the same weights bit for bit: any label it read would change them."""
+    data, original = task
+    assert get_method(name).labels == "agnostic"
+    a = _call_directly(name, original, data, SHORT[name])
+    b = _call_directly(name, original, _garbage_labels(data), SHORT[name])
     assert _same_state(_state(a), _state(b))
     # ...and the method did something: the weights moved away from f_D.
     assert not _same_state(_state(a), _state(original))
+
+
+def test_garbage_labels_change_a_label_reading_method(task):
+    """The control of the test above: the same harness tells a method that reads labels (SCRUB's CE
+    on D_r) by its weights."""
+    data, original = task
+    assert get_method("scrub").labels == "aware"
+    a = _call_directly("scrub", original, data, SHORT["scrub"])
+    b = _call_directly("scrub", original, _garbage_labels(data), SHORT["scrub"])
+    assert not _same_state(_state(a), _state(b))
 
 
 @pytest.mark.parametrize("name", ["laf", "randlabel", "l_mix", "bad_teacher"])
@@ -345,7 +371,10 @@ def test_randlabel_plain_draw_is_uniform_over_all_classes():
 
 def test_randlabel_is_not_label_reading_but_changes_forget_outputs(task):
     data, original = task
-    out = run_method("randlabel", original, data, {"epochs": 5, "batch_size": 16}, device="cpu").model
+    cfg = {"epochs": 5, "batch_size": 16}
+    out = _call_directly("randlabel", original, data, cfg)
+    # The same call with garbage labels in reach gives the same weights: no label was read.
+    assert _same_state(_state(out), _state(_call_directly("randlabel", original, _garbage_labels(data), cfg)))
     out.eval()
     original.eval()
     with torch.no_grad():
@@ -357,27 +386,62 @@ def test_randlabel_is_not_label_reading_but_changes_forget_outputs(task):
 # --------------------------------------------------------------------------- L-Mix
 
 
+def test_lmix_vanilla_mix_by_hand():
+    """λ weights the forget image, 1 − λ the retain image: values worked out by hand."""
+    x_f = torch.tensor([[0.0, 1.0, 2.0, -4.0]])
+    x_r = torch.tensor([[4.0, 5.0, 10.0, 4.0]])
+    torch.testing.assert_close(lmix_mod.vanilla_mix(x_f, x_r, torch.tensor(0.25)),
+                               torch.tensor([[3.0, 4.0, 8.0, 2.0]]))
+    torch.testing.assert_close(lmix_mod.vanilla_mix(x_f, x_r, torch.tensor(0.5)),
+                               torch.tensor([[2.0, 3.0, 6.0, 0.0]]))
+    assert torch.equal(lmix_mod.vanilla_mix(x_f, x_r, torch.tensor(1.0)), x_f)
+    assert torch.equal(lmix_mod.vanilla_mix(x_f, x_r, torch.tensor(0.0)), x_r)
+
+
 def test_lmix_mixed_inputs_are_convex_combinations_of_forget_and_retain_images(task, monkeypatch):
     data, original = task
-    mixes = []
-    real = lmix_mod.vanilla_mix
+    mixes, targets = [], []
+    real_mix, real_error = lmix_mod.vanilla_mix, lmix_mod.prob_sq_error
 
-    def capture(x_f, x_r, lam):
-        out = real(x_f, x_r, lam)
+    def capture_mix(x_f, x_r, lam):
+        out = real_mix(x_f, x_r, lam)
         mixes.append((x_f.clone(), x_r.clone(), float(lam), out.clone()))
         return out
 
-    monkeypatch.setattr(lmix_mod, "vanilla_mix", capture)
+    def capture_target(probs, target):
+        targets.append(target.detach().clone())
+        return real_error(probs, target)
+
+    monkeypatch.setattr(lmix_mod, "vanilla_mix", capture_mix)
+    monkeypatch.setattr(lmix_mod, "prob_sq_error", capture_target)
     run_method("l_mix", original, data, SHORT["l_mix"], device="cpu")
-    assert len(mixes) == 2 * -(-len(data.forget_idx) // SHORT["l_mix"]["batch_size"])
+    assert len(mixes) == 2 * -(-len(data.forget_idx) // SHORT["l_mix"]["batch_size"]) == len(targets)
+    original.eval()
     lams = []
-    for x_f, x_r, lam, out in mixes:
+    for (x_f, x_r, lam, out), target in zip(mixes, targets):
         assert 0.0 < lam < 1.0
         lams.append(lam)
         assert _rows_in(x_f, data.forget_x) and _rows_in(x_r, data.retain_x)
-        torch.testing.assert_close(out, lam * x_f + (1 - lam) * x_r)
+        # Each mixed image lies on the segment from its retain image to its forget image: its position
+        # t along the segment (a least-squares fit per image) leaves no residual, and it is the
+        # batch's λ, one for the whole batch.
+        d, o = (x_f - x_r).flatten(1).double(), (out - x_r).flatten(1).double()
+        moving = d.norm(dim=1) > 0
+        t = (o * d).sum(1)[moving] / (d * d).sum(1)[moving]
+        torch.testing.assert_close(o[moving], t[:, None] * d[moving], atol=1e-5, rtol=0)
+        torch.testing.assert_close(t, torch.full_like(t, lam), atol=1e-5, rtol=0)
         lo, hi = torch.minimum(x_f, x_r), torch.maximum(x_f, x_r)
         assert (out >= lo - 1e-6).all() and (out <= hi + 1e-6).all()
+        # The target weighs the random one-hot by the images' own mix weight t and f_D's output on
+        # the retain partner by 1 - t: what is left after the retain part is t on one class, 0 elsewhere.
+        with torch.no_grad():
+            p_r = torch.softmax(original(x_r).double(), dim=1)
+        rest = target.double() - (1 - t.mean()) * p_r
+        top = rest.max(dim=1)
+        torch.testing.assert_close(top.values, torch.full_like(top.values, float(t.mean())), atol=1e-5, rtol=0)
+        off = rest.clone()
+        off[torch.arange(len(off)), top.indices] = 0.0
+        assert off.abs().max() < 1e-5
     assert len(set(lams)) > 1  # a fresh λ per batch
 
 
@@ -391,3 +455,23 @@ def test_lmix_mix_term_changes_the_result_and_weight_zero_is_laf(task):
     head = _head_names(original)
     before = _state(original)
     assert all(torch.equal(before[k], no_mix[k]) for k in head)
+
+
+def test_lmix_with_weight_zero_gives_lafs_weights(task):
+    """L-Mix with mix_weight 0 and LAF with the same LAF settings end on the same weights. One batch
+    pair (D_f fits one batch, one epoch): the mix term draws λ, a permutation and targets from the
+    method's generator even at weight 0, so from the second pair on the two runs' batches differ."""
+    data, original = task
+    assert len(data.forget_idx) <= 64
+    lmix_cfg = make_config("l_mix", original.family, {"epochs": 1, "vae_epochs": 1, "batch_size": 64,
+                                                      "mix_weight": 0.0})
+    laf_cfg = make_config("laf", original.family, {f.name: getattr(lmix_cfg, f.name)
+                                                   for f in dataclasses.fields(laf_mod.LAFConfig)})
+    lmix0 = _state(run_method("l_mix", original, data, lmix_cfg, device="cpu").model)
+    laf = _state(run_method("laf", original, data, laf_cfg, device="cpu").model)
+    assert not _same_state(laf, _state(original))  # the step moved the weights
+    assert _same_state(lmix0, laf)
+    # Control: with its mix term on, the same single step lands elsewhere.
+    lmix1 = _state(run_method("l_mix", original, data, dataclasses.replace(lmix_cfg, mix_weight=1.0),
+                              device="cpu").model)
+    assert not _same_state(lmix1, laf)
