@@ -115,3 +115,8 @@ if picked is not None:
             st.caption(f"{len(snaps)} snapshots of {display.get(method, method)}; probe pairs are fixed for the run. "
                        "'share' is the mask's mean forget share; 'pred' is the unlearner's top class on the mix; "
                        "p_f / p_r its probabilities of the forget / retain sample's class.")
+if picked is not None:  # the playground: MixUnlearn again on this run's task with other generator settings
+    from ui.playground import playground_panel
+
+    with widgets.guarded("the playground"):
+        playground_panel(*picked)
