@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from .metrics import ALL_METRICS, gap_to_retrain, mean_std
 from .models import MODELS
 from .progress import Callback, ProgressEvent
 from .training import get_recipe
+from .utils import atomic_write_text
 
 
 def summarise(results: Sequence[dict]) -> list[dict]:
@@ -134,9 +136,9 @@ def _say(callbacks: list[Callback] | None, text: str) -> None:
 
 
 def _write(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)  # a killed run never leaves half a seed file
+    # A unique temporary name, renamed over the seed file: a killed run never leaves half a seed
+    # file, two benches writing the same folder leave one complete file, readers never see a part.
+    atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None,
@@ -147,6 +149,11 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
     on the same cached model), so a grid can be resumed, extended by methods, or refreshed after a
     method's defaults changed without rerunning the rest."""
     out = Path(out)
+    seeds = [c.seed for c in cfgs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:  # one seed counted twice would fake its spread (std 0) and its count
+        raise ValueError(f"seed {repeated[0]} is given more than once ({', '.join(map(str, seeds))}); "
+                         "give each seed once")
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for cfg in cfgs:
@@ -173,13 +180,14 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
         results.append(res)
     rows = summarise(results)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))
-    with open(out / "table.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "table.csv", buf.getvalue())
     c = results[0]["config"]
     seeds = ",".join(str(r["config"]["seed"]) for r in results)
     title = f"{c['dataset']} · {c['forget']} · model {c['model']} · seeds {seeds} · {results[0]['info']['device']}"
     md = to_markdown(rows, results[0]["info"]["level"], title)
-    (out / "table.md").write_text(md + "\n")
+    atomic_write_text(out / "table.md", md + "\n")
     return md

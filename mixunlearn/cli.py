@@ -37,13 +37,30 @@ def _methods_arg(text: str) -> tuple[str, ...]:
     return names
 
 
+# 0..2**32 - 1: the range every consumer of a seed accepts (mixunlearn.utils.SEED_MAX; not imported
+# here so that ``--help`` and argument errors need no torch).
+SEED_MAX = 2**32 - 1
+SHOW_MAX = 60  # the longest user value an error message echoes in full
+
+
+def _shorten(text: str, limit: int = SHOW_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def _seed_arg(text: str) -> int:
+    """A seed in 0..2**32-1, checked before any work; the message names the seed."""
+    shown = _shorten(text)
+    digits = text.strip().lstrip("+").replace("_", "").lstrip("0")
+    if digits.isdigit() and len(digits) > 20:  # int() of a huge text is slow or refused
+        raise argparse.ArgumentTypeError(f"seed {shown} is out of range; seeds must be 0..{SEED_MAX} (2**32 - 1)")
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {shown!r}") from None
     if v < 0:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {shown!r}")
+    if v > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {v} is out of range; seeds must be 0..{SEED_MAX} (2**32 - 1)")
     return v
 
 
@@ -51,6 +68,10 @@ def _seeds_arg(text: str) -> tuple[int, ...]:
     seeds = tuple(_seed_arg(s.strip()) for s in text.split(",") if s.strip())
     if not seeds:
         raise argparse.ArgumentTypeError("no seed given")
+    repeated = [s for i, s in enumerate(seeds) if s in seeds[:i]]
+    if repeated:  # one seed counted twice would fake the spread (std 0) and the number of seeds
+        raise argparse.ArgumentTypeError(f"seed {repeated[0]} is given more than once in {_shorten(text)!r}; "
+                                         "give each seed once")
     return seeds
 
 
@@ -152,16 +173,55 @@ def cmd_list() -> int:
     return 0
 
 
-def _experiment_config(args, seed: int):
-    from .experiment import ExperimentConfig
+def _param_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``--param`` values by method and field; a field given twice is an error (the last one used
+    to win silently)."""
     from .methods import parse_param_overrides
 
-    params = parse_param_overrides(args.param)
-    cfg = ExperimentConfig(
-        dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), seed=seed, model=args.model,
-        recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
-        eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
-    ).resolved()
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        try:
+            one = parse_param_overrides([item])
+        except ValueError as exc:
+            raise ValueError(_shorten_inputs(str(exc), [item])) from None
+        for method, fields in one.items():
+            for name, value in fields.items():
+                if name in out.get(method, {}):
+                    raise ValueError(f"--param {_shorten(method)}.{_shorten(name)} is given twice "
+                                     f"({_shorten(out[method][name])!r} and {_shorten(value)!r}); give it once")
+                out.setdefault(method, {})[name] = value
+    return out
+
+
+def _shorten_inputs(message: str, texts: Sequence[str | None]) -> str:
+    """``message`` with every over-long user text in it (and the integer it reads as) cut to 60
+    characters: a 4,000-digit value is never echoed in full."""
+    long = set()
+    for t in texts:
+        if not t or len(t) <= SHOW_MAX:
+            continue
+        long.add(t)
+        if len(t.strip()) < 4000 and t.strip().lstrip("+-").isdigit():
+            long.add(str(int(t)))
+    for t in sorted(long, key=len, reverse=True):
+        message = message.replace(t, _shorten(t))
+    return message
+
+
+def _experiment_config(args, seed: int):
+    from .experiment import ExperimentConfig
+
+    params = _param_overrides(args.param)
+    inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
+              *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
+    try:
+        cfg = ExperimentConfig(
+            dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), seed=seed, model=args.model,
+            recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
+            eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
+        ).resolved()
+    except ValueError as exc:
+        raise ValueError(_shorten_inputs(str(exc), inputs)) from None
     return cfg
 
 
@@ -180,22 +240,31 @@ def _check_data(cfgs) -> None:
 def cmd_run(args) -> int:
     from .experiment import prepare_data, run_experiment
     from .store import RunStore
-    from .utils import resolve_device
+    from .utils import check_home, check_writable_dir, resolve_device
 
     cfg = _experiment_config(args, args.seed)
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.forget.replace(':', '_')}-seed{cfg.seed}")
-    if out.exists() and not out.is_dir():  # found out before the run, not after it
-        raise ValueError(f"--out {out} exists and is not a folder")
+    # Found out before the run, not after it: an --out that cannot be written, an unusable home.
+    check_writable_dir(out, "--out", files=("results.json",))
+    check_home()
+    store = RunStore() if args.store else None
+    if store:
+        store.recover()  # runs left "running" by a process that is gone (kill -9) become interrupted
     # The data and the split are ready before any progress line (one error line when they are not).
     data = prepare_data(cfg, resolve_device(cfg.device))
     progress = TqdmProgress(enabled=not args.quiet)
-    store = RunStore() if args.store else None
     run_id = store.begin(cfg.to_dict()) if store else None
     try:
         result = run_experiment(cfg, callbacks=[progress], data=data)
-        path = result.write(out)
-        if store:
+        if store:  # stored first: a results.json that cannot be written below loses nothing
             store.commit(run_id, result.to_json())
+        progress.close()
+        print(format_summary(result.to_json()))
+        try:
+            path = result.write(out)
+        except OSError as exc:
+            kept = f"; the run is stored as run {run_id}" if store else "; the summary above has its numbers"
+            raise OSError(f"could not write {out / 'results.json'} ({exc.strerror or exc}){kept}") from None
     except BaseException as exc:
         if store:  # never left "running"; a run already committed stays complete
             from .progress import RunCancelled
@@ -205,7 +274,6 @@ def cmd_run(args) -> int:
         raise
     finally:
         progress.close()
-    print(format_summary(result.to_json()))
     print(f"wrote {path}" + (f"; stored as run {run_id}" if store else ""))
     return 0
 
@@ -233,11 +301,12 @@ def format_summary(results: dict) -> str:
 
 def cmd_bench(args) -> int:
     from .bench import run_bench
+    from .utils import check_home, check_writable_dir
 
     cfgs = [_experiment_config(args, s) for s in args.seeds]
     out = Path(args.out or f"runs/bench-{cfgs[0].dataset}-{cfgs[0].forget.replace(':', '_')}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable_dir(out, "--out", files=("table.csv", "table.md", *(f"seed{c.seed}.json" for c in cfgs)))
+    check_home()
     _check_data(cfgs)
     progress = TqdmProgress(enabled=not args.quiet)
     try:

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from .datasets import DatasetInfo, ImageDataset
+from .utils import shorten
 
 ForgetKind = Literal["class", "data", "noisy"]
 FORGET_KINDS = ("class", "data", "noisy")
@@ -57,23 +58,53 @@ def _format_classes(classes: tuple[int, ...]) -> str:
     return ",".join(str(k) for k in c)
 
 
-def _parse_classes(text: str, spec: str) -> tuple[int, ...]:
+# No data set has this many classes. A range is checked against it (or against the data set's
+# class count) before it is expanded, so checking a spec costs O(its length), never O(its range).
+MAX_CLASSES = 100_000
+_BIG = 10**12  # stands for any class number with more than 12 digits (int() of a huge text is slow)
+
+
+def _q(text: str) -> str:
+    """A user's text quoted for a message, cut to 60 characters."""
+    return repr(shorten(text))
+
+
+def _class_number(text: str) -> int:
+    """``-?\\d+`` as an int; numbers with more than 12 digits become +-_BIG (out of any range)."""
+    negative = text.startswith("-")
+    digits = text.lstrip("-").lstrip("0") or "0"
+    value = int(digits) if len(digits) <= 12 else _BIG
+    return -value if negative else value
+
+
+def _parse_classes(text: str, spec: str, n_classes: int | None = None) -> tuple[int, ...]:
+    """The class numbers of ``text`` (``K``, ``K1,K2``, ``A-B``), each range checked against
+    ``0..n_classes-1`` (or :data:`MAX_CLASSES`) before it is expanded."""
     text = text.strip()
     if not text:
-        raise ValueError(f"forget spec {spec!r} names no class; {SPEC_HELP}")
+        raise ValueError(f"forget spec {_q(spec)} names no class; {SPEC_HELP}")
+    allowed = f"0..{n_classes - 1}" if n_classes is not None else "0 or more"
+    limit = n_classes if n_classes is not None else MAX_CLASSES
     out: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if a > b:
-                raise ValueError(f"forget spec {spec!r}: class range {part!r} runs backwards; write A-B with A <= B")
-            out.update(range(a, b + 1))
-        elif re.fullmatch(r"-?\d+", part):
-            out.add(int(part))
-        else:
-            raise ValueError(f"forget spec {spec!r}: {part!r} is not a class number or range; {SPEC_HELP}")
+        if not m and not re.fullmatch(r"-?\d+", part):
+            raise ValueError(f"forget spec {_q(spec)}: {_q(part)} is not a class number or range; {SPEC_HELP}")
+        lo_text, hi_text = (m.group(1), m.group(2)) if m else (part, part)
+        lo, hi = _class_number(lo_text), _class_number(hi_text)
+        if lo > hi:
+            raise ValueError(f"forget spec {_q(spec)}: class range {_q(part)} runs backwards; "
+                             "write A-B with A <= B")
+        if lo < 0:
+            raise ValueError(f"forget spec {_q(spec)}: class {shorten(lo_text)} is negative; "
+                             f"classes must be {allowed}")
+        if hi >= limit:  # checked before the range is built
+            first = shorten(lo_text.lstrip("0") or "0") if lo >= limit else str(limit)
+            where = (f"this dataset has classes 0..{n_classes - 1}" if n_classes is not None
+                     else f"no data set has more than {MAX_CLASSES} classes")
+            raise ValueError(f"class {first} is out of range in forget spec {_q(spec)}: {where}")
+        out.update(range(lo, hi + 1))
     return tuple(sorted(out))
 
 
@@ -89,26 +120,23 @@ def parse_forget_spec(text: str, n_classes: int | None = None) -> ForgetSpec:
     parts = raw.split(":")
     kind = parts[0].strip().lower()
     if kind not in FORGET_KINDS:
-        raise ValueError(f"unknown forget kind {parts[0]!r} in {text!r}; {SPEC_HELP}")
+        raise ValueError(f"unknown forget kind {_q(parts[0])} in {_q(text)}; {SPEC_HELP}")
     if kind == "class":
         if len(parts) != 2:
-            raise ValueError(f"malformed forget spec {text!r}; {SPEC_HELP}")
-        spec = ForgetSpec("class", _parse_classes(parts[1], text), 1.0)
+            raise ValueError(f"malformed forget spec {_q(text)}; {SPEC_HELP}")
+        spec = ForgetSpec("class", _parse_classes(parts[1], text, n_classes), 1.0)
     else:
         if len(parts) != 3:
-            raise ValueError(f"malformed forget spec {text!r}: {kind} needs CLASSES and FRACTION; {SPEC_HELP}")
+            raise ValueError(f"malformed forget spec {_q(text)}: {kind} needs CLASSES and FRACTION; {SPEC_HELP}")
         try:
             fraction = float(parts[2])
         except ValueError:
             raise ValueError(
-                f"forget fraction {parts[2]!r} in {text!r} is not a number; use a value in (0, 1)"
+                f"forget fraction {_q(parts[2])} in {_q(text)} is not a number; use a value in (0, 1)"
             ) from None
         if not (0.0 < fraction < 1.0):
-            raise ValueError(f"forget fraction {fraction:g} in {text!r} is outside (0, 1); use e.g. 0.4")
-        spec = ForgetSpec(kind, _parse_classes(parts[1], text), fraction)  # type: ignore[arg-type]
-    if any(c < 0 for c in spec.classes):
-        allowed = f"0..{n_classes - 1}" if n_classes is not None else "0 or more"
-        raise ValueError(f"forget spec {text!r}: class {min(spec.classes)} is negative; classes must be {allowed}")
+            raise ValueError(f"forget fraction {fraction:g} in {_q(text)} is outside (0, 1); use e.g. 0.4")
+        spec = ForgetSpec(kind, _parse_classes(parts[1], text, n_classes), fraction)  # type: ignore[arg-type]
     if n_classes is not None:
         check_classes(spec, n_classes)
     return spec

@@ -26,7 +26,7 @@ from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
 from .progress import Callback, NonFiniteLossError, ProgressEvent, emit
 from .training import ModelCache, get_recipe, get_trained
-from .utils import device_name, resolve_device, seed_everything
+from .utils import atomic_write_text, device_name, resolve_device, seed_everything
 
 
 @dataclass
@@ -198,11 +198,9 @@ class ExperimentResult:
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False))
-        tmp.replace(path)
-        return path
+        # A temporary file of a unique name, renamed over results.json: two runs writing the same
+        # folder leave one complete file, and a reader never sees a partial one.
+        return atomic_write_text(out / "results.json", json.dumps(self.to_json(), indent=2, allow_nan=False))
 
 
 def prepare_data(cfg: ExperimentConfig, device: torch.device) -> UnlearnData:

@@ -17,6 +17,7 @@ version-0 ``runs`` table without ``id`` or ``config`` cannot be migrated and is 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .utils import home_dir
+from .utils import atomic_write_text, check_seed, home_dir
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "complete", "failed", "cancelled", "interrupted")
@@ -173,14 +174,18 @@ class RunStore:
     # ------------------------------------------------------------------ writing
 
     def begin(self, config: Mapping[str, Any], label: str = "") -> str:
-        """Register a run as ``running``; returns its id."""
+        """Register a run as ``running``; returns its id. A seed outside ``0..2**32-1`` (every
+        consumer's range, :func:`~mixunlearn.utils.check_seed`) is refused before anything is stored."""
+        seed = config.get("seed")
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            seed = check_seed(seed)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self._transaction() as con:
             con.execute(
                 "INSERT INTO runs (id, created, status, label, dataset, forget, seed, pid, owner, config) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, time.time(), label, str(config.get("dataset", "")), str(config.get("forget", "")),
-                 config.get("seed"), os.getpid(), _process_identity(os.getpid()) or "",
+                 seed, os.getpid(), _process_identity(os.getpid()) or "",
                  json.dumps(config, default=str)),
             )
         return run_id
@@ -256,14 +261,21 @@ class RunStore:
             shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
 
     def recover(self) -> list[str]:
-        """Mark ``running`` runs whose process is gone as ``interrupted``; returns their ids."""
+        """Mark ``running`` runs whose process is gone as ``interrupted``, with the reason in their
+        ``error``; returns their ids. Whoever opens the store calls it (the CLI before a stored run,
+        the app when it opens the store), so a run whose process was killed (``kill -9``, a crash, a
+        closed terminal) never stays ``running``. A run's process is its ``pid`` and ``owner``
+        (boot id and start time), so a reused pid is not mistaken for the run's process."""
         stale = []
         with self._transaction() as con:
             for row in con.execute("SELECT id, pid, owner FROM runs WHERE status = 'running'").fetchall():
                 if row["pid"] is None or not _owner_alive(int(row["pid"]), row["owner"]):
                     stale.append(row["id"])
-                    con.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE id = ?",
-                                (time.time(), row["id"]))
+                    who = f"its process (pid {row['pid']})" if row["pid"] is not None else "its process"
+                    reason = (f"interrupted: {who} ended without finishing the run (killed or crashed); "
+                              "found when the run store was next opened")
+                    con.execute("UPDATE runs SET status = 'interrupted', finished = ?, error = ? WHERE id = ? "
+                                "AND status = 'running'", (time.time(), reason, row["id"]))
         for run_id in stale:
             # Files of a commit that died between its rename and its status update go too.
             shutil.rmtree(self.runs_dir / f"{run_id}.partial", ignore_errors=True)
@@ -422,7 +434,7 @@ def _migrate_0_to_1(con: sqlite3.Connection, store: RunStore) -> None:
             "UPDATE runs SET status = ?, error = ?, dataset = ?, forget = ?, seed = ?, config = ?, results = ? "
             "WHERE id = ?",
             (status, error or "", str(config.get("dataset", "")), str(config.get("forget", "")),
-             seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+             seed if isinstance(seed, int) and not isinstance(seed, bool) and -2**63 <= seed < 2**63 else None,
              json.dumps(config, default=str), json.dumps(results, default=str) if results is not None else None,
              run_id),
         )
@@ -440,9 +452,7 @@ def _migrate_0_to_1(con: sqlite3.Connection, store: RunStore) -> None:
         folder = store.runs_dir / run_id
         if not (folder / "results.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".results.json.migrating"
-            tmp.write_text(json.dumps(results, default=str))
-            os.replace(tmp, folder / "results.json")
+            atomic_write_text(folder / "results.json", json.dumps(results, default=str))
 
 
 _MIGRATIONS = {0: _migrate_0_to_1}

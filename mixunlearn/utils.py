@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 import os
 import random
 import threading
 import time
 import traceback
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -68,7 +71,9 @@ def seeded(seed: int):
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way. ``seed`` must be
+    in ``0..SEED_MAX`` (:func:`check_seed`), the range every consumer of a run's seed accepts."""
+    seed = check_seed(seed)
     with GLOBAL_RNG_LOCK:  # never reseed inside another thread's seeded section
         random.seed(seed)
         np.random.seed(seed % (2**32))
@@ -160,13 +165,150 @@ def device_name(device: torch.device | str) -> str:
     return device.type
 
 
-def home_dir() -> Path:
-    """The folder for caches and the run store: ``$MIXUNLEARN_HOME`` or the user cache folder."""
+# --------------------------------------------------------------------------- input checks and safe writes
+
+# Seeds reach torch (up to 2**64 - 1), NumPy (any non-negative integer), scikit-learn's random_state
+# (HistGradientBoosting in the attacks, PCA in the projections: below 2**32) and the run store's
+# SQLite INTEGER column (int64). 0..2**32 - 1 fits every one of them.
+SEED_MAX = 2**32 - 1
+SHOW_MAX = 60  # the longest user value an error message echoes in full
+
+
+def shorten(text: object, limit: int = SHOW_MAX) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for echoing user input in messages."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _show_int(value: int) -> str:
+    """An integer for a message: in full up to about 60 digits (``str`` of a huge int is slow or refused)."""
+    if abs(value).bit_length() > 200:
+        return f"{'-' if value < 0 else ''}<a number of {int(abs(value).bit_length() * 0.30103) + 1} digits>"
+    return str(value)
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int when it is an integer in ``0..SEED_MAX``; else ValueError naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"{what} must be a non-negative integer, got {shorten(repr(seed))}")
+    value = int(seed)
+    if value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {_show_int(value)}")
+    if value > SEED_MAX:
+        raise ValueError(f"{what} {_show_int(value)} is out of range; seeds must be 0..{SEED_MAX} (2**32 - 1)")
+    return value
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically: into a temporary file of a name no other writer uses
+    (pid and a random part) in the same folder, flushed to disk, then renamed over ``path``. Readers
+    see the old or the new content, never a part; of two concurrent writers one complete file wins;
+    the temporary file never stays behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "x", encoding=encoding, newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike, what: str, files: tuple[str, ...] = ()) -> Path:
+    """Make sure folder ``path`` exists or can be created and that a file can be written in it (and
+    that none of ``files`` in it is a folder), leaving nothing behind: folders made for the test are
+    removed again. Raises ValueError naming ``what`` (e.g. ``--out``) and the folder."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a folder")
+    missing: list[Path] = []
+    parent = path
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: mkdir would fail with a confusing "File exists"
+            raise ValueError(f"{what} {path} cannot be created: {parent} is a broken link")
+        missing.append(parent)
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        probe = path / f".write-test.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        with open(probe, "x") as fh:
+            fh.write("x")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"{what} {path} cannot be written ({reason}); choose another folder") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    for name in files:
+        if (path / name).is_dir():
+            raise ValueError(f"{what} {path} cannot take {name}: {path / name} is a folder")
+    return path
+
+
+# --------------------------------------------------------------------------- the home folder
+
+
+class HomeError(ValueError):
+    """The home folder (``$MIXUNLEARN_HOME`` or its default) cannot be used; the message names it."""
+
+
+HOME_SUBFOLDERS = ("store", "models", "data")
+
+
+def _home_path() -> tuple[Path, str]:
+    """The home folder and how to name it in a message."""
     env = os.environ.get("MIXUNLEARN_HOME")
     if env:
         path = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = Path(base) / "mixunlearn"
-    path.mkdir(parents=True, exist_ok=True)
+        return path, f"MIXUNLEARN_HOME={shorten(env, 200)}"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "mixunlearn"
+    return path, f"the home folder {path} (MIXUNLEARN_HOME is not set)"
+
+
+def _home_error(name: str, why: str) -> HomeError:
+    return HomeError(f"{name} is not usable: {why}; set MIXUNLEARN_HOME to a folder you can write")
+
+
+def home_dir() -> Path:
+    """The folder for caches and the run store: ``$MIXUNLEARN_HOME`` or the user cache folder.
+    Created when missing; :class:`HomeError` (naming MIXUNLEARN_HOME) when it cannot be."""
+    path, name = _home_path()
+    if path.exists() and not path.is_dir():
+        raise _home_error(name, "it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _home_error(name, f"it cannot be created ({exc.strerror or exc})") from None
+    return path
+
+
+def check_home() -> Path:
+    """Check, before any work, that the home folder can be used: it is (or can be made) a folder,
+    a file can be written in it, and its ``store``, ``models`` and ``data`` entries are folders where
+    they exist. Returns the folder; raises :class:`HomeError` (a ValueError) with one line naming
+    MIXUNLEARN_HOME. The CLI calls it before a run; the app can call it before showing a page."""
+    path = home_dir()
+    _, name = _home_path()
+    try:
+        check_writable_dir(path, "home")
+    except ValueError:
+        raise _home_error(name, "no file can be written in it") from None
+    for sub in HOME_SUBFOLDERS:
+        if (path / sub).exists() and not (path / sub).is_dir():
+            raise _home_error(name, f"{path / sub} is a file, not a folder")
     return path
