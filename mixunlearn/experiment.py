@@ -137,7 +137,8 @@ class MethodRecord:
             out["error"] = self.error
         health = self.extras.get("health") if isinstance(self.extras, dict) else None
         if health:  # MixUnlearn's generator health at its last snapshot (METHOD.md §9)
-            out["generator"] = {k: (v if isinstance(v, str) else _num(v)) for k, v in health.items()}
+            out["generator"] = {k: (v if isinstance(v, (str, int)) and not isinstance(v, bool) else _num(v))
+                                for k, v in health.items()}
         return out
 
 
