@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
 from .progress import Callback, NonFiniteLossError, ProgressEvent, emit
 from .training import ModelCache, get_recipe, get_trained
-from .utils import atomic_write_text, device_name, resolve_device, seed_everything
+from .utils import atomic_write_text, check_seed, device_name, resolve_device, seed_everything
 
 
 @dataclass
@@ -58,9 +57,7 @@ class ExperimentConfig:
         recipe = get_recipe(self.recipe or self.dataset).name
         spec = parse_forget_spec(self.forget, info.n_classes)
         check_classes(spec, info.n_classes)
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed(self.seed)  # 0..2**32-1: what every consumer (attacks, store, NumPy) accepts
         raw = self.methods.split(",") if isinstance(self.methods, str) else list(self.methods)
         if not all(isinstance(m, str) for m in raw):
             raise ValueError(f"methods must be names (text), got {self.methods!r}")

@@ -450,3 +450,13 @@ def test_a_repeated_param_key_is_an_error(command, values, capsys, no_work, tmp_
 def test_an_over_long_param_is_cut_in_the_message(param, message, capsys, no_work, tmp_path):
     line = refused(["run", "--methods", "retrain,finetune", "--param", param, "--out", str(tmp_path / "o")], capsys)
     assert message in line and "\u2026" in line and len(line) < 400
+
+
+def test_experiment_config_refuses_an_out_of_range_seed_before_any_work():
+    """The library (and so the app's Unlearn page) checks the seed range in ExperimentConfig.resolved(),
+    not only the CLI."""
+    from mixunlearn.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match="4294967296 is out of range"):
+        ExperimentConfig(seed=2**32).resolved()
+    assert ExperimentConfig(seed=2**32 - 1).resolved().seed == 2**32 - 1
