@@ -12,7 +12,7 @@ import streamlit as st
 
 from mixunlearn import jobs
 from ui import actions, state, widgets
-from ui.progress import show_job
+from ui.progress import show_job, sidebar_status
 
 ROOT = Path(__file__).resolve().parent
 HOME_PICTURE = ROOT / "assets" / "home.png"
@@ -77,22 +77,15 @@ def home() -> None:
         st.markdown(f"Setup of this session: dataset **{s['dataset']}**, forget **{state.forget_spec_text(s)}**, "
                     f"seed **{s['seed']}**, device **{s['device']}**. Change it on the **Setup** page.")
         run_id = state.current_run_id()
-        if run_id is None:
+        if run_id is None and actions.experiment_running():
+            st.info("No finished run yet: the run above is still in progress; its results appear here when it ends.")
+        elif run_id is None:
             st.info("No finished run yet: start the demo above, or go to Setup → Unlearn.")
         else:
             row, _ = state.load_run(run_id)
             methods = ", ".join(k for k in (row.results or {}).get("methods", {}))
             st.markdown(f"Run shown on the analysis pages: **{row.title}** — methods: {methods}.")
             widgets.link("compare", "Open the comparison")
-
-
-def sidebar_status() -> None:
-    job = state.job(state.K_EXPERIMENT_JOB)
-    if job is None:
-        return
-    view = job.view(with_history=False)
-    if view.active:
-        st.sidebar.info(f"{view.label} running ({view.elapsed:.0f} s): {view.message}", icon=":material/settings:")
 
 
 def main() -> None:
@@ -102,8 +95,15 @@ def main() -> None:
             if key != "home"]
     page = st.navigation(nav)
     widgets.HOME_PAGE = nav[0]
+    # Every page needs the home folder (model cache, run store) except the Learn page's toy: when it
+    # cannot be used, say so once, naming MIXUNLEARN_HOME, instead of failing inside each page.
+    problem = state.home_problem()
+    if problem and page.title != widgets.PAGES["learn"][1]:
+        st.error(problem, icon=":material/folder_off:")
+        return
     state.warm_up_projections()  # once per process, in the background
-    sidebar_status()
+    state.reattach_jobs()  # a reloaded tab finds its running job through the URL
+    sidebar_status(state.K_EXPERIMENT_JOB)
     page.run()
 
 

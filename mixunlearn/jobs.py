@@ -24,12 +24,20 @@ may run concurrently.
 
 A failure keeps a short, plain message for the user (:func:`describe_error`) and the full
 traceback in :attr:`Job.debug`, never shown unless asked for.
+
+Every job has an unguessable :attr:`Job.token`: a browser tab keeps it (the app puts it in the
+page's URL) and finds its job again after a reload (:meth:`JobRunner.find_token`).
+:meth:`JobRunner.submit_once` starts a job only when no active job of the same key runs (the app
+keys experiment jobs by their resolved config, :func:`experiment_key`), so two clicks, tabs or
+sessions asking for the same run share one job.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
+import secrets
 import threading
 import time
 import traceback
@@ -64,6 +72,7 @@ def describe_error(exc: BaseException) -> str:
     """A short message for the user, saying what went wrong and what to do next (no traceback)."""
     from .datasets import CorruptDataError, DataNotFoundError
     from .store import StoreError
+    from .utils import HomeError
 
     if isinstance(exc, RunCancelled):
         return "The run was cancelled; nothing was saved. Start it again when you are ready."
@@ -73,6 +82,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc}\nPick another dataset (digits always works offline) or provide the files, then run again."
     if isinstance(exc, CorruptDataError):
         return f"A data file is damaged: {exc}. Delete or replace it, then run again."
+    if isinstance(exc, HomeError):  # names MIXUNLEARN_HOME and what to do already
+        return f"{exc}, then restart the app."
     if isinstance(exc, StoreError):
         return (f"The run store cannot be used: {exc}. Move the store folder aside (a fresh one is created) "
                 f"or set MIXUNLEARN_HOME to another folder, then restart the app.")
@@ -271,9 +282,12 @@ class JobView:
 class Job:
     """One background run. Create through :meth:`JobRunner.submit`."""
 
-    def __init__(self, job_id: str, label: str, kind: str, gpu: bool, meta: dict | None = None):
+    def __init__(self, job_id: str, label: str, kind: str, gpu: bool, meta: dict | None = None,
+                 key: str | None = None):
         self.id, self.label, self.kind, self.gpu = job_id, label, kind, gpu
         self.meta = dict(meta or {})
+        self.key = key  # jobs of one key never run twice at once (JobRunner.submit_once)
+        self.token = secrets.token_urlsafe(12)  # for a browser tab to find the job again
         self.progress = ProgressBuffer()
         self._lock = threading.RLock()
         self._state = QUEUED
@@ -387,25 +401,54 @@ class JobRunner:
         self.keep = keep
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._once_lock = threading.Lock()
         self._ids = itertools.count(1)
 
     def submit(self, fn: JobFn, *, label: str = "", kind: str = "job", gpu: bool | None = None,
-               device: str | None = None, meta: dict | None = None, start: bool = True) -> Job:
+               device: str | None = None, meta: dict | None = None, start: bool = True,
+               key: str | None = None) -> Job:
         """Start ``fn(job)`` in a new daemon thread and return the job at once.
 
         ``gpu``: whether the job waits in the process-wide GPU queue; by default true when
-        ``device`` resolves to an accelerator.
+        ``device`` resolves to an accelerator. ``key``: see :meth:`submit_once`.
         """
         if gpu is None:
             gpu = _is_accelerator(device)
         with self._lock:
             job_id = f"job-{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}"
-            job = Job(job_id, label or kind, kind, bool(gpu), meta)
+            job = Job(job_id, label or kind, kind, bool(gpu), meta, key)
             self._jobs[job_id] = job
             self._prune()
         if start:
             self.start(job, fn)
         return job
+
+    def submit_once(self, key: str, fn: JobFn, **kwargs: Any) -> tuple[Job, bool]:
+        """Submit ``fn`` under ``key`` unless an active job of that key exists: ``(job, True)`` for a
+        new job, ``(the running one, False)`` otherwise. The look-up and the submit are one step,
+        so two callers at the same moment start one job."""
+        with self._once_lock:
+            running = self.active(key)
+            if running is not None:
+                return running, False
+            return self.submit(fn, key=key, **kwargs), True
+
+    def active(self, key: str) -> Job | None:
+        """The oldest job of ``key`` that is not final, or None."""
+        for job in self.jobs():
+            if job.key == key and job.state not in FINAL_STATES:
+                return job
+        return None
+
+    def find_token(self, token: str | None) -> Job | None:
+        """The job whose :attr:`Job.token` is ``token`` (None for an unknown or empty token)."""
+        if not token:
+            return None
+        wanted = str(token).encode("utf-8", "replace")
+        for job in self.jobs():
+            if secrets.compare_digest(job.token.encode(), wanted):
+                return job
+        return None
 
     def start(self, job: Job, fn: JobFn) -> None:
         with job._lock:
@@ -533,6 +576,12 @@ def demo_methods() -> tuple[str, ...]:
 
     known = set(method_names())
     return tuple(m for m in DEMO_METHODS if m in known)
+
+
+def experiment_key(cfg) -> str:
+    """The identity of an experiment job: its resolved config as canonical JSON (two jobs of one
+    key would compute the same run)."""
+    return "experiment:" + json.dumps(cfg.resolved().to_dict(), sort_keys=True, default=str)
 
 
 def demo_config(device: str = "auto"):

@@ -51,8 +51,12 @@ st.caption("Choose the task. The original model and Retrain are trained once per
 s = state.setup()
 
 with widgets.guarded("the setup"):
-    # The data folder widget sits below the dataset choice, but availability depends on it.
-    data_root = str(st.session_state.get("setup_data_root", s.get("data_root", "")) or "").strip()
+    # The data folder widget sits below the dataset choice, but availability depends on it. A folder
+    # that cannot even be searched (e.g. a name too long) is reported next to the field, which stays
+    # editable; meanwhile the default places are searched and nothing can start.
+    typed_root = str(st.session_state.get("setup_data_root", s.get("data_root", "")) or "").strip()
+    folder_problem = actions.data_folder_problem(typed_root)
+    data_root = "" if folder_problem else typed_root
     names = dataset_names()
     avail = {n: is_available(n, data_root or None) for n in names}
     dataset = st.selectbox(
@@ -62,10 +66,13 @@ with widgets.guarded("the setup"):
     )
     info = get_info(dataset)
     st.caption(info.description)
-    with st.expander("Data folder", expanded=bool(data_root)):
-        st.text_input("Folder with dataset files (optional)", value=data_root, key="setup_data_root",
+    with st.expander("Data folder", expanded=bool(typed_root)):
+        st.text_input("Folder with dataset files (optional)", value=typed_root, key="setup_data_root",
                       help="Empty: the default places (listed in the message when a dataset is missing). "
                            "Digits needs none.")
+        if folder_problem:
+            st.error(f"{folder_problem} Correct it above, or clear it to use the default places; until then "
+                     "the default places are searched and nothing can be trained.")
     ok = avail[dataset]
     if not ok:
         st.error(f"The files of {info.title} are not on this machine. Put {info.files_hint} — or enter the "
@@ -109,7 +116,7 @@ with widgets.guarded("the setup"):
                               help="auto: CUDA, then MPS, then CPU. GPU runs of all sessions queue for the GPU.",
                               key="setup_device")
     s.update({"dataset": dataset, "model": model, "kind": kind, "classes": sorted(int(c) for c in classes),
-              "fraction": float(fraction), "seed": seed, "device": device, "data_root": data_root})
+              "fraction": float(fraction), "seed": seed, "device": device, "data_root": typed_root})
     spec_text = state.forget_spec_text(s)
     spec_error = None
     try:
@@ -138,7 +145,7 @@ with widgets.guarded("the setup"):
     models_job = state.job(state.K_MODELS_JOB)
     busy = models_job is not None and models_job.view(with_history=False).active
     if st.button("Train or load the original model and Retrain", key="train_button", type="primary",
-                 disabled=busy or not ok or spec_error is not None,
+                 disabled=busy or not ok or spec_error is not None or bool(folder_problem),
                  help="Runs in the background; cached models load in a second."):
         if actions.start_models(cfg) is not None:
             st.rerun()

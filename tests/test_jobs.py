@@ -200,6 +200,48 @@ def test_a_job_waiting_for_the_gpu_can_be_cancelled(runner):
     assert runner.gpu_queue.holder is None
 
 
+def test_submit_once_joins_the_active_job_of_its_key(runner):
+    gate = threading.Event()
+    calls = []
+
+    def fn(job):
+        calls.append(job.id)
+        assert gate.wait(10)
+        return len(calls)
+
+    # Many callers at the same moment (two tabs, a double click): one job.
+    barrier = threading.Barrier(8, timeout=10)
+    got = []
+
+    def caller():
+        barrier.wait()
+        got.append(runner.submit_once("experiment:same", fn, label="demo"))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    first = {job for job, _ in got}
+    assert len(got) == 8 and len(first) == 1 and sum(new for _, new in got) == 1
+    job = first.pop()
+    other, new = runner.submit_once("experiment:other", fn)  # another key runs beside it
+    assert new and other is not job
+    gate.set()
+    assert job.wait(10) and other.wait(10) and job.result in (1, 2)
+    again, new = runner.submit_once("experiment:same", fn)  # once it has ended, a new one starts
+    assert new and again is not job and again.wait(10)
+    assert len(calls) == 3
+
+
+def test_a_job_is_found_again_by_its_token_only(runner):
+    a, b = runner.submit(lambda job: 1), runner.submit(lambda job: 2)
+    assert a.token != b.token and len(a.token) >= 16
+    assert runner.find_token(a.token) is a and runner.find_token(b.token) is b
+    for bad in (None, "", "job-1", a.id, a.token[:-1], "é" * 16):
+        assert runner.find_token(bad) is None, bad
+
+
 def test_gpu_flag_defaults_from_the_device(runner, monkeypatch):
     import torch
 
@@ -259,6 +301,11 @@ def test_describe_error_names_what_to_do_next():
 
     assert "digits" in jobs.describe_error(DataNotFoundError("Dataset 'cifar10' not found."))
     assert "MIXUNLEARN_HOME" in jobs.describe_error(StoreError("unreadable"))
+    from mixunlearn.utils import HomeError
+
+    home = jobs.describe_error(HomeError("MIXUNLEARN_HOME=/x is not usable: it is a file, not a folder; set "
+                                         "MIXUNLEARN_HOME to a folder you can write"))
+    assert home.endswith("folder you can write, then restart the app.") and "Invalid setting" not in home
     assert "smaller batch" in jobs.describe_error(RuntimeError("CUDA out of memory. Tried to allocate"))
     unexpected = jobs.describe_error(ZeroDivisionError("division by zero"))
     assert "ZeroDivisionError" in unexpected and "Traceback" not in unexpected

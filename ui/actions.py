@@ -3,15 +3,53 @@ at once, not a failed job later)."""
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from mixunlearn import jobs
-from mixunlearn.datasets import get_info, is_available
+from mixunlearn.datasets import dataset_names, get_info, is_available
 from mixunlearn.experiment import ExperimentConfig
 
 from . import state
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def data_folder_problem(text: str | os.PathLike | None) -> str | None:
+    """Why a data folder typed on the Setup page cannot be searched, as a message; None when it
+    can or is empty. A folder that does not exist is no problem here: the data set is then
+    simply not found there (and the page says so)."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    shown = _short(text)
+    try:
+        for name in dataset_names():  # the very look-ups the pages make
+            is_available(name, text)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENAMETOOLONG:
+            parts = Path(text).expanduser().parts
+            longest = max((len(os.fsencode(p)) for p in parts), default=0)
+            try:
+                name_max = os.pathconf("/", "PC_NAME_MAX")
+            except (OSError, ValueError):
+                name_max = 255
+            if longest > name_max:
+                why = (f"one folder name in it is {longest} characters long, and this system allows at "
+                       f"most {name_max}")
+            else:
+                why = f"the path is {len(os.fsencode(text))} characters long, too long for this system"
+        return f"The data folder '{shown}' cannot be used: {why}."
+    except ValueError as exc:  # e.g. a NUL character
+        return f"The data folder '{shown}' cannot be used: {exc}."
+    return None
 
 
 def experiment_running() -> bool:
@@ -25,6 +63,10 @@ def start_experiment(cfg: ExperimentConfig, label: str) -> jobs.Job | None:
     if experiment_running():
         st.warning("A run of this session is still in progress; wait for it or cancel it first.")
         return None
+    folder_problem = data_folder_problem(cfg.data_root)
+    if folder_problem:
+        st.error(f"{folder_problem} Correct it under 'Data folder' on the Setup page; nothing was started.")
+        return None
     try:
         resolved = cfg.resolved()
         store = state.store()
@@ -36,10 +78,16 @@ def start_experiment(cfg: ExperimentConfig, label: str) -> jobs.Job | None:
     except Exception as exc:  # noqa: BLE001 - every bad input becomes a message
         st.error(jobs.describe_error(exc))
         return None
-    job = state.runner().submit(jobs.experiment_job(resolved, store=store, label=label), label=label,
-                                kind="experiment", device=resolved.device,
-                                meta={"config": resolved.to_dict()})
+    # The same run (same resolved config) already running, from another tab or session: join it
+    # rather than computing it twice.
+    job, new = state.runner().submit_once(jobs.experiment_key(resolved), jobs.experiment_job(resolved, store=store,
+                                                                                            label=label),
+                                          label=label, kind="experiment", device=resolved.device,
+                                          meta={"config": resolved.to_dict()})
     state.remember_job(state.K_EXPERIMENT_JOB, job)
+    if not new:
+        state.notice(state.K_EXPERIMENT_JOB, f"The same run is already in progress ('{job.label}', started from "
+                     "another tab or session), so no second one was started; its progress is shown here.")
     state.warm_up_projections()
     return job
 
@@ -52,6 +100,10 @@ def select_finished_run(job: jobs.Job) -> None:
 
 
 def start_models(cfg: ExperimentConfig) -> jobs.Job | None:
+    folder_problem = data_folder_problem(cfg.data_root)
+    if folder_problem:
+        st.error(f"{folder_problem} Correct it under 'Data folder'; nothing was started.")
+        return None
     try:
         resolved = cfg.resolved()
     except Exception as exc:  # noqa: BLE001

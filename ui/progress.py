@@ -22,8 +22,14 @@ def _source_title(src: str, titles: dict[str, str]) -> str:
     return titles.get(src) or SOURCE_TITLES.get(src, src)
 
 
+def elapsed_text(view: JobView) -> str:
+    """The job's age as shown everywhere (page status and sidebar): the job's own clock,
+    :attr:`JobView.elapsed`, in whole seconds."""
+    return f"{view.elapsed:.0f} s"
+
+
 def _status_line(view: JobView) -> None:
-    elapsed = f"{view.elapsed:.0f} s"
+    elapsed = elapsed_text(view)
     if view.state == QUEUED:
         st.info(f"{view.label}: {view.message} ({elapsed})", icon=":material/hourglass_top:")
     elif view.state == CANCELLING:
@@ -90,6 +96,9 @@ def show_job(job_key: str, *, titles: dict[str, str] | None = None, curves: bool
     job = state.job(job_key)
     if job is None:
         return None
+    note = state.pop_notice(job_key)
+    if note:
+        st.info(note, icon=":material/info:")
     titles = titles or {}
     active = job.view(with_history=False).active
 
@@ -119,6 +128,26 @@ def show_job(job_key: str, *, titles: dict[str, str] | None = None, curves: bool
 
     panel()
     return job
+
+
+def sidebar_status(job_key: str) -> None:
+    """This session's active job under ``job_key`` in the sidebar, refreshed on the same poll as the
+    page's progress (a fragment of its own) and from the same clock (:func:`elapsed_text`), so the
+    two never disagree by more than one poll; it disappears once the job is final."""
+    job = state.job(job_key)
+    if job is None or job.view(with_history=False).final:
+        return
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def status() -> None:
+        view = job.view(with_history=False)
+        if view.state == QUEUED:
+            st.info(f"{view.label} waiting ({elapsed_text(view)}): {view.message}", icon=":material/hourglass_top:")
+        elif view.active:
+            st.info(f"{view.label} running ({elapsed_text(view)}): {view.message}", icon=":material/settings:")
+
+    with st.sidebar:
+        status()
 
 
 def wait_for(job: Job, timeout: float) -> bool:

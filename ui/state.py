@@ -2,14 +2,19 @@
 
 - The job runner and the run store are process-wide (``st.cache_resource``): jobs outlive page
   scripts, reruns and navigation.
-- Each browser session remembers its job ids and its choices in ``st.session_state``.
+- Each browser session remembers its job ids and its choices in ``st.session_state``. The
+  experiment job's token also goes into the page's URL (``?job=…``), so a reloaded tab, which
+  starts a new session, finds its running job again (:func:`reattach_jobs`).
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import streamlit as st
 
 from mixunlearn import jobs
 from mixunlearn.store import RunRow, RunStore, StoreError
-from mixunlearn.utils import home_dir
+from mixunlearn.utils import check_home, home_dir
 
 log = logging.getLogger("mixunlearn.app")
 
@@ -29,6 +34,8 @@ K_MODELS_JOB = "models_job"
 K_TOY_JOB = "toy_job"
 K_PROJECTION_JOBS = "projection_jobs"
 K_SEEN_FINAL = "seen_final_jobs"
+K_NOTICE = "job_notice"  # a one-time note shown above a job's progress (e.g. "joined the running run")
+JOB_PARAM = "job"  # the URL query parameter holding the experiment job's token
 
 DEFAULT_SETUP = {"dataset": "digits", "model": None, "kind": "class", "classes": [3], "fraction": 0.4,
                  "seed": 0, "device": "auto", "data_root": ""}
@@ -50,8 +57,41 @@ def _store_at(path: str) -> RunStore:
 
 
 def store() -> RunStore:
-    """The run store under ``$MIXUNLEARN_HOME/store``; raises StoreError when unusable."""
-    return _store_at(str(home_dir() / "store"))
+    """The run store under ``$MIXUNLEARN_HOME/store``; raises StoreError (naming MIXUNLEARN_HOME)
+    when it is unusable, also when the folder cannot be created."""
+    try:
+        root = home_dir() / "store"
+        return _store_at(str(root))
+    except StoreError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StoreError(home_message(exc)) from None
+
+
+def home_message(exc: BaseException) -> str:
+    """One line saying why the home folder cannot be used, naming MIXUNLEARN_HOME."""
+    text = str(exc)
+    if "MIXUNLEARN_HOME" in text:  # the library's own message already names it
+        return text
+    env = os.environ.get("MIXUNLEARN_HOME")
+    where = f"MIXUNLEARN_HOME ({env!r})" if env else "the home folder (MIXUNLEARN_HOME is not set)"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or getattr(exc, "errno", None) in (errno.EEXIST,
+                                                                                                 errno.ENOTDIR):
+        why = "it, or a folder on its path, is a file, not a folder"
+    else:
+        why = f"it cannot be created or written ({getattr(exc, 'strerror', None) or exc})"
+    return f"{where} is not usable: {why}; set MIXUNLEARN_HOME to a folder you can write"
+
+
+def home_problem() -> str | None:
+    """Why the home folder (model cache and run store) cannot be used, or None when it can
+    (:func:`mixunlearn.utils.check_home`: a folder, writable, its entries folders). Checked on
+    every page before anything touches the folder."""
+    try:
+        check_home()
+    except (OSError, ValueError) as exc:
+        return home_message(exc) + ", then restart the app."
+    return None
 
 
 _warm_lock = threading.Lock()
@@ -104,18 +144,70 @@ def forget_spec_text(s: dict[str, Any]) -> str:
 
 
 def job(key: str) -> jobs.Job | None:
-    """This session's job stored under ``key`` (None when absent or forgotten by the runner)."""
+    """This session's job stored under ``key`` (None when absent or forgotten by the runner). A
+    session without an experiment job takes the one the URL's token names (a reloaded tab)."""
     job_id = st.session_state.get(key)
+    if not job_id and key == K_EXPERIMENT_JOB:
+        found = runner().find_token(st.query_params.get(JOB_PARAM))
+        if found is not None:
+            st.session_state[key] = job_id = found.id
     return runner().get(job_id) if job_id else None
 
 
 def remember_job(key: str, job: jobs.Job) -> None:
     st.session_state[key] = job.id
+    if key == K_EXPERIMENT_JOB:
+        _put_token(job)
+
+
+def _put_token(job: jobs.Job) -> None:
+    if st.query_params.get(JOB_PARAM) != job.token:
+        st.query_params[JOB_PARAM] = job.token
+
+
+def reattach_jobs() -> None:
+    """Keep this tab's experiment job and the URL's ``?job=`` token in step, on every page run:
+    a new session (a reloaded tab) whose URL names a job the runner knows takes that job as its
+    own; a session with a job puts the job's token back into the URL (navigation may drop it);
+    a token the runner does not know (e.g. from before a restart) is removed."""
+    mine = job(K_EXPERIMENT_JOB)  # takes the URL's job when the session has none
+    if mine is not None:
+        _put_token(mine)
+    elif JOB_PARAM in st.query_params:
+        del st.query_params[JOB_PARAM]
+
+
+def notice(key: str, text: str) -> None:
+    """A note shown once above the job of ``key`` (after the page reruns)."""
+    st.session_state[K_NOTICE] = (key, text)
+
+
+def pop_notice(key: str) -> str | None:
+    held = st.session_state.get(K_NOTICE)
+    if held and held[0] == key:
+        del st.session_state[K_NOTICE]
+        return held[1]
+    return None
 
 
 def complete_runs() -> list[RunRow]:
     """Complete runs, newest first; raises StoreError when the store cannot be read."""
     return store().list_runs("complete")
+
+
+def run_titles(runs: list[RunRow]) -> dict[str, str]:
+    """A title per run, distinct among ``runs``: a title that several runs share (e.g. two default
+    demos started in the same minute) gets the start time to the second and the run's short id."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.title] = counts.get(r.title, 0) + 1
+    out = {}
+    for r in runs:
+        if counts[r.title] > 1:
+            out[r.id] = f"{r.title} · started {time.strftime('%H:%M:%S', time.localtime(r.created))} · {r.id[-6:]}"
+        else:
+            out[r.id] = r.title
+    return out
 
 
 def current_run_id() -> str | None:

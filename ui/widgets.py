@@ -65,7 +65,7 @@ def run_picker(where=st.sidebar) -> str | None:
     if not runs:
         return None
     ids = [r.id for r in runs]
-    titles = {r.id: r.title for r in runs}
+    titles = state.run_titles(runs)  # two runs of one title (same setup, same minute) are told apart
     current = state.current_run_id()
     idx = ids.index(current) if current in ids else 0
     chosen = where.selectbox("Run shown", ids, index=idx, format_func=lambda i: titles.get(i, i),
