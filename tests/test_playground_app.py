@@ -52,7 +52,7 @@ def _run_playground(at, key: str):
 def _grids(at) -> list[dict]:
     """The playground's mask grids (left, right): the figures after the page's own with the grid's columns."""
     return [c for c in _charts(at)[PAGE_CHARTS:]
-            if c["layout"].get("annotations") and c["layout"]["annotations"][0]["text"] == "forget x_f"]
+            if c["layout"].get("annotations") and c["layout"]["annotations"][0]["text"] == "x_f"]
 
 
 def _table(at):

@@ -93,7 +93,7 @@ def _settings(method: str, own: dict[str, Any], key: str) -> dict[str, Any]:
             elif t is int:
                 values[name] = int(st.number_input(name, value=int(default), step=1, help=help_text, key=wkey))
             else:
-                fmt = "%.2e" if f.get("log") else "%.4g"
+                fmt = "%.4g"
                 step = abs(float(default)) / 10 if default else 0.01
                 values[name] = float(st.number_input(name, value=float(default), step=step, format=fmt,
                                                      help=help_text, key=wkey))
@@ -127,7 +127,7 @@ def _on_done(job) -> None:
     run_id = job.meta.get("run_id")
     if "missing" in out:
         st.session_state[K_MISSING] = {"run_id": run_id, "message": out["missing"]}
-        return
+        st.rerun()  # the panel above the progress was drawn before this was known
     result = out.get("result")
     if result is None:
         return
@@ -143,6 +143,7 @@ def _on_done(job) -> None:
     attack = state.runner().submit(lambda _job: pg.score_attack(result), label="Playground attack (ASR)",
                                    kind="playground-attack", gpu=False)
     state.remember_job(K_ATTACK_JOB, attack)
+    st.rerun()  # draw the new result (the page may have been drawn after the job had already finished)
 
 
 # --------------------------------------------------------------------------- results
@@ -154,6 +155,9 @@ def _metric_keys(level: str) -> tuple[str, ...]:
 
 _TITLES = {"test_r": "Test_r", "test_f": "Test_f", "train_r": "Train_r", "train_f": "Train_f", "test": "Test",
            "asr": "ASR"}
+
+
+_SHORT_COLUMNS = dict(zip(figures.GEN_COLUMNS, ("x_f", "x_r", "mask", "mix", "λ-mix")))
 
 
 def _side(title: str, side: dict, li: int, level: str, class_names, key: str) -> None:
@@ -180,7 +184,10 @@ def _side(title: str, side: dict, li: int, level: str, class_names, key: str) ->
     if h:
         st.caption(" · ".join(f"{figures.HEALTH_TITLES[k]} {v:+.3f}" if k.startswith("gain")
                               else f"{figures.HEALTH_TITLES[k]} {v:.3f}" for k, v in h.items()))
-    st.plotly_chart(figures.generator_grid(snap, li, class_names=class_names, max_pairs=4), key=f"{key}-grid")
+    grid = figures.generator_grid(snap, li, class_names=class_names, max_pairs=4)
+    for a in grid.layout.annotations[:len(figures.GEN_COLUMNS)]:  # half-width: short column titles
+        a.text = _SHORT_COLUMNS.get(a.text, a.text)
+    st.plotly_chart(grid, key=f"{key}-grid")
     if h:
         st.plotly_chart(figures.generator_health_curves(snaps), key=f"{key}-health")
 
@@ -269,15 +276,20 @@ def playground_panel(run_id: str, row, tensors: dict) -> None:
     running = job is not None and job.view(with_history=False).active
     if st.button("Run", key=f"{key}:run", type="primary", disabled=running,
                  help="MixUnlearn alone, in the background; the accuracies first, the attack after."):
+        current = state.job(K_JOB)
         try:
             pg.check_overrides(cfg, overrides, method=method, base=base)
         except ValueError as exc:
             st.error(f"Nothing was started. {describe_error(exc)}")
         else:
-            new = state.runner().submit(_run_fn(cfg, overrides, method, base, train_missing), label="Playground run",
-                                        kind="playground", device=cfg.device, meta={"run_id": run_id})
-            state.remember_job(K_JOB, new)
-            st.rerun()
+            if current is not None and current.view(with_history=False).active:
+                st.warning("A playground run is still in progress; wait for it or cancel it first.")
+            else:
+                # No st.rerun() here: a full redraw of the page's figures would compete with the run for the CPU.
+                job = state.runner().submit(_run_fn(cfg, overrides, method, base, train_missing),
+                                            label="Playground run", kind="playground", device=cfg.device,
+                                            meta={"run_id": run_id})
+                state.remember_job(K_JOB, job)
     titles = {method: get_method(method).display, "playground": "playground"}
     show_job(K_JOB, titles=titles, curves=False, on_done=_on_done)
     attack = state.job(K_ATTACK_JOB)
@@ -299,16 +311,21 @@ def playground_panel(run_id: str, row, tensors: dict) -> None:
         st.session_state[left_key] = options[-2]
     if st.session_state.get(left_key) not in options:
         st.session_state[left_key] = 0
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([2, 2, 1])
     left = c1.selectbox("Left", options, format_func=labels.get, key=left_key)
     right = c2.selectbox("Right", options, format_func=labels.get, key=right_key)
     last = entries[-1]["result"].last_snapshot
     lams = [float(v) for v in last["lams"].tolist()] if last is not None else [0.5]
-    li = st.radio("λ", list(range(len(lams))), index=min(1, len(lams) - 1), format_func=lambda k: f"{lams[k]:g}",
+    li = c3.radio("λ", list(range(len(lams))), index=min(1, len(lams) - 1), format_func=lambda k: f"{lams[k]:g}",
                   horizontal=True, key=f"{key}:lambda")
     by_n = {e["n"]: e for e in entries}
+    if job is not None and job.view(with_history=False).active:
+        # Drawing the figures takes the CPU the run needs (seconds on 2 cores): the table only, meanwhile.
+        st.dataframe(_table(own_side, entries, level), hide_index=True, key=f"{key}:table")
+        st.caption("The masks and curves come back when the run has finished.")
+        return
     class_names = ((row.results or {}).get("app") or {}).get("class_names") or None
-    for col, pick, side_key in ((c1, left, "left"), (c2, right, "right")):
+    for col, pick, side_key in zip(st.columns(2), (left, right), ("left", "right")):
         with col:
             side = own_side if pick == 0 else _result_side(by_n[pick]["result"])
             _side(labels[pick], side, li, level, class_names, f"pg-{side_key}")
