@@ -1,6 +1,7 @@
 """A real browser test: ``streamlit run app.py`` in a subprocess, driven by Debian's chromium
-through Playwright. Runs the default demo from Home and checks that the compare table, an
-embedding chart, a KDE chart and a generator grid appear on their pages.
+through Playwright. Runs the default demo from Home, reloads the tab while it runs (the tab must
+find its job again), and checks that the compare table, an embedding chart, a KDE chart and a
+generator grid appear on their pages.
 
 With ``MIXUNLEARN_SCREENSHOTS=1`` it also saves a screenshot of every page into ``assets/``
 (CI leaves the tracked screenshots alone). Without /usr/bin/chromium the test fails with a
@@ -112,6 +113,13 @@ def test_default_demo_in_a_real_browser(server):
             expect(demo).to_be_visible(timeout=60_000)
             _shot(page, "home")
             demo.click()
+            # Reload mid-run (issue 13, case 8): the new session finds the job through the token the
+            # app put into the URL, shows its progress and keeps the demo button off.
+            page.wait_for_function("() => new URLSearchParams(location.search).has('job')", timeout=60_000)
+            page.reload()
+            demo = page.get_by_role("button", name="Run the default demo")
+            expect(demo).to_be_disabled(timeout=60_000)
+            expect(page.get_by_text("No finished run yet: the run above is still in progress")).to_be_visible()
             expect(page.get_by_text("Default demo finished")).to_be_visible(timeout=DEMO_TIMEOUT_MS)
             _no_exception(page)
             # The job also computes the UMAP projection after saving the run; wait for the link row.
