@@ -161,3 +161,17 @@ def test_models_missing_from_the_cache_are_said_not_trained():
     assert "not in the model cache" in _texts(at.warning)
     assert at.checkbox(key=f"{key}:train").value is False
     assert "No playground result" in _texts(at.caption)
+
+
+def test_off_digits_the_panel_gives_a_time_estimate_before_the_run():
+    from mixunlearn.store import RunStore
+
+    run_id = _synthetic_run(RunStore(), config={"dataset": "fashion_mnist", "forget": "class:0", "seed": 0})
+    at = _open(_app(), PAGE)
+    info = _texts(at.info)
+    assert "rough estimate" in info and "Fashion" in info
+    est = pg.estimate_seconds(ExperimentConfig(dataset="fashion_mnist", forget="class:0", methods=("mixunlearn",)))
+    assert f"about {est / 60:.1f} min" in info  # 5 epochs over 6,000 forget images
+    # A bigger budget gives a longer estimate, before anything runs.
+    at.number_input(key=f"pg:{run_id}:mixunlearn:gen_warmup").set_value(1000).run()
+    assert _texts(at.info) != info and "playground_job" not in at.session_state

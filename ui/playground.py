@@ -104,6 +104,8 @@ def _settings(method: str, own: dict[str, Any], key: str) -> dict[str, Any]:
 def _fmt_seconds(s: float) -> str:
     if s < 60:
         return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 600:
+        return f"{s / 60:.1f} min"
     return f"{s / 60:.0f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
