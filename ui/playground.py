@@ -142,8 +142,9 @@ def _on_done(job) -> None:
     del entries[:-MAX_RESULTS]
     st.session_state[K_NEWEST] = True
     # The attack second: the accuracies are shown now, ASR when this small job is done.
+    device = result.context.config.device if result.context is not None else None  # the GPU queue, when on one
     attack = state.runner().submit(lambda _job: pg.score_attack(result), label="Playground attack (ASR)",
-                                   kind="playground-attack", gpu=False)
+                                   kind="playground-attack", device=device)
     state.remember_job(K_ATTACK_JOB, attack)
     st.rerun()  # draw the new result (the page may have been drawn after the job had already finished)
 
