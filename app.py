@@ -6,9 +6,14 @@ live in ``pages/``; Streamlit-aware helpers in ``ui/``; all logic in the ``mixun
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import streamlit as st
+# Before torch loads OpenMP (the mixunlearn imports below): spinning worker threads make CPU runs
+# several times slower on shared cores (as in mixunlearn/cli.py and the tests).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
 
 from mixunlearn import jobs
 from ui import actions, state, widgets
