@@ -11,6 +11,7 @@ clear message, unless ``MIXUNLEARN_SKIP_BROWSER=1`` (then it is skipped).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,6 +98,11 @@ def _goto(page, title: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
+def _seconds(locator) -> int:
+    """The running time a status line shows, "(N s)"."""
+    return int(re.search(r"\((\d+) s\)", locator.inner_text()).group(1))
+
+
 def _no_exception(page) -> None:
     assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id("stException").first.inner_text()
 
@@ -120,6 +126,16 @@ def test_default_demo_in_a_real_browser(server):
             demo = page.get_by_role("button", name="Run the default demo")
             expect(demo).to_be_disabled(timeout=60_000)
             expect(page.get_by_text("No finished run yet: the run above is still in progress")).to_be_visible()
+            # The sidebar's status ticks with the page's (case 10): both read the job's clock.
+            side = page.get_by_test_id("stSidebar").get_by_test_id("stAlert").filter(has_text="Default demo running")
+            status = page.get_by_test_id("stMain").get_by_test_id("stAlert").filter(has_text="Default demo:")
+            expect(side).to_be_visible(timeout=60_000)
+            shown = _seconds(side)
+            deadline = time.monotonic() + 60
+            while _seconds(side) < shown + 3:  # the sidebar moves on by itself, without a full rerun
+                assert time.monotonic() < deadline, f"the sidebar stayed at {_seconds(side)} s"
+                page.wait_for_timeout(250)
+            assert abs(_seconds(side) - _seconds(status)) <= 2, (side.inner_text(), status.inner_text())
             expect(page.get_by_text("Default demo finished")).to_be_visible(timeout=DEMO_TIMEOUT_MS)
             _no_exception(page)
             # The job also computes the UMAP projection after saving the run; wait for the link row.

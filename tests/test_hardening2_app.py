@@ -192,6 +192,20 @@ def test_a_data_folder_with_a_300_character_name_is_a_message_next_to_the_field(
     assert not at.button(key="train_button").disabled
 
 
+# --------------------------------------------------------------------------- a seed beyond 2**32 - 1 (R2.3)
+
+
+def test_a_seed_out_of_range_in_a_session_is_a_message_before_any_job():
+    from ui.state import DEFAULT_SETUP
+
+    at = _app()
+    at.session_state["setup"] = {**DEFAULT_SETUP, "seed": 2**32}
+    _open(at, "pages/2_Unlearn.py")
+    at.button(key="run_button").click().run()
+    assert not at.exception
+    assert "seed 4294967296 is out of range" in _texts(at.error) and "experiment_job" not in at.session_state
+
+
 # --------------------------------------------------------------------------- 10. one clock
 
 
