@@ -1,4 +1,4 @@
-"""Command line: ``python -m mixunlearn {list, run, bench}``.
+"""Command line: ``python -m mixunlearn {list, run, bench, evaluate}``.
 
 Bad arguments give one line on stderr and exit code 2, never a traceback.
 """
@@ -75,6 +75,38 @@ def _seeds_arg(text: str) -> tuple[int, ...]:
     return seeds
 
 
+# The strong evaluation's pool sizes (mixunlearn.strong_eval.POOL_MIN/POOL_MAX; not imported here so
+# that argument errors need no torch): with 2 models or fewer the challenge's score has no bucket.
+POOL_MIN, POOL_MAX = 3, 512
+
+
+def _bounded_int(what: str, lo: int, hi: int):
+    def parse(text: str) -> int:
+        shown = _shorten(text)
+        digits = text.strip().lstrip("+-").replace("_", "")
+        if digits.isdigit() and len(digits) > 20:
+            raise argparse.ArgumentTypeError(f"{what} {shown} is out of range; allowed {lo}..{hi}")
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {shown!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{what} {v} is out of range; allowed {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def _pool_arg(text: str) -> int:
+    try:
+        return _bounded_int("pool size", POOL_MIN, POOL_MAX)(text)
+    except argparse.ArgumentTypeError as exc:
+        if "out of range" in str(exc):
+            raise argparse.ArgumentTypeError(f"{exc} (with 2 models or fewer the challenge's score has no "
+                                             "bucket; it used 512)") from None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mixunlearn", description="MixUnlearn: machine unlearning lab (python -m mixunlearn)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -110,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=_seeds_arg, default=(0, 1, 2))
     bench.add_argument("--fresh", action="store_true",
                        help="run every seed again (default: reuse OUT/seedN.json when it answers the same config)")
+
+    ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
+                                         "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
+    ev.add_argument("--dataset", default="digits", help="dataset name (default: digits, offline)")
+    ev.add_argument("--forget", default="class:3", help="class:K | data:CLASSES:FRACTION | noisy:CLASSES:FRACTION")
+    ev.add_argument("--methods", type=_methods_arg, default=("retrain", "finetune", "mixunlearn"),
+                    help="comma-separated method names; 'retrain' = Retrain with other seeds (the sanity row)")
+    ev.add_argument("--pool", type=_pool_arg, default=16,
+                    help=f"models per pool, {POOL_MIN}..{POOL_MAX} (the challenge used 512)")
+    ev.add_argument("--seed", type=_seed_arg, default=0, help="base seed: the split, the original and every pool seed")
+    ev.add_argument("--model", default=None, help="model name (default: the dataset's)")
+    ev.add_argument("--recipe", default=None, help="training recipe of the original and the retrained pools")
+    ev.add_argument("--epochs", type=_bounded_int("--epochs", 1, 500), default=None,
+                    help="override the recipe's epochs (original and retrained pools; for quick looks)")
+    ev.add_argument("--depth-models", type=_bounded_int("--depth-models", 0, POOL_MAX), default=3,
+                    help="models per pool given the relearn and linear-probe checks (default 3)")
+    ev.add_argument("--relearn-cap", type=_bounded_int("--relearn-cap", 1, 100_000), default=500,
+                    help="most fine-tuning steps of the relearn check (default 500)")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    ev.add_argument("--data-root", default=None, help="folder with the dataset files")
+    ev.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="override a method hyper-parameter (repeatable)")
+    ev.add_argument("--eval-split", choices=("test", "val"), default="test",
+                    help="'val' scores on a validation split held out from D (for tuning)")
+    ev.add_argument("--no-download", action="store_true", help="never try to download data")
+    ev.add_argument("--out", default=None, help="output folder (default runs/eval-DATASET-FORGET-nN)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -318,6 +377,46 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Strong evaluation: every input checked (names, ranges, --out, home, data and split) before
+    the first model is trained; OUT/evaluation.json written atomically; a table printed."""
+    from .data import make_split
+    from .datasets import load_dataset
+    from .strong_eval import StrongEvalConfig, format_table, run_strong_evaluation, write_evaluation
+    from .utils import check_home, check_writable_dir
+
+    params = _param_overrides(args.param)
+    inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
+              *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
+    try:
+        cfg = StrongEvalConfig(
+            dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), pool=args.pool, seed=args.seed,
+            model=args.model, recipe=args.recipe, epochs=args.epochs, device=args.device, data_root=args.data_root,
+            params=params, eval_split=args.eval_split, download=not args.no_download,
+            depth_models=args.depth_models, relearn_cap=args.relearn_cap,
+        ).resolved()
+    except ValueError as exc:
+        raise ValueError(_shorten_inputs(str(exc), inputs)) from None
+    out = Path(args.out or f"runs/eval-{cfg.dataset}-{cfg.forget.replace(':', '_')}-n{cfg.pool}")
+    check_writable_dir(out, "--out", files=("evaluation.json",))
+    check_home()
+    dataset = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    data = make_split(dataset, cfg.forget, cfg.seed, eval_split=cfg.eval_split)
+    progress = TqdmProgress(enabled=not args.quiet)
+    try:
+        doc = run_strong_evaluation(cfg, callbacks=[progress], data=data)
+    finally:
+        progress.close()
+    print(format_table(doc))
+    try:
+        path = write_evaluation(doc, out)
+    except OSError as exc:
+        raise OSError(f"could not write {out / 'evaluation.json'} ({exc.strerror or exc}); "
+                      "the table above has its numbers") from None
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -332,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
     except NonFiniteLossError as exc:
         _error_line(exc)
         return 1

@@ -1,0 +1,634 @@
+"""Strong evaluation (issue 14): per-example forgetting quality from model pools, a U-LiRA-style
+attack, relearn time and a linear probe.
+
+**Source.** The forget score, its ε and the final score restate the rules of the NeurIPS 2023
+Machine Unlearning Challenge's scoring code (google-deepmind/unlearning_evaluation, ``metric.py``
+and ``main.py``, commit ffae0ff), in our own code. The rules, as that code applies them:
+
+1. *Confidence.* For a forget example (x, y) under one model, ``log p_y − log(1 − p_y)`` with
+   ``1 − p_y`` summed over the wrong classes, each term's probability floored by adding 1e-45
+   (``compute_logit_scaled_confidence``, adapted there from LiRA's ``score.py``).
+2. *Per-example ε.* For each forget example, the N confidences under the retrained models and the
+   N under the unlearned ones. The "positive" group is the one with the larger *median* (ties:
+   the unlearned group). (``compute_forget_score_from_confs``)
+
+   - *Zero-spread rule:* with the ranges (max − min) of the two groups, if smaller / larger < 0.01,
+     ε = 50 (a peaky unlearned distribution is the worst case; the thresholds might miss it).
+   - *Single-threshold family:* ``ceil((max − min) · 100)`` thresholds evenly from the smallest to
+     the largest confidence of both groups; predict positive when ``conf ≥ t``.
+   - *Double-threshold family:* the group of the smaller range is taken as positive ("peakier";
+     on equal ranges, the median-negative group); ``w`` = the smaller range; right thresholds:
+     ``ceil((max_ − min_) · 100)`` evenly from ``min_ = P.min + w − 2`` to ``max_ = P.max + 2``;
+     for each right threshold ``r``, 400 left thresholds evenly from ``r − w − 2`` to
+     ``r − w + 2``; predict positive when ``l ≤ conf ≤ r``.
+   - For every threshold, FPR and FNR over the models. If FPR + FNR = 0 (and TPR + TNR = 2): ε = ∞
+     (perfect separation). Else if FPR · FNR = 0 the threshold is discarded (too few samples).
+     Else ε_t = max(log(1 − δ − FPR) − log FNR, log(1 − δ − FNR) − log FPR), NaN terms ignored,
+     clipped below at 0, δ = 1e-5; a threshold where both terms are NaN is discarded.
+   - ε = the largest ε_t, clipped to [0, 50].
+3. *Bucket score.* ``E = ceil(ln(N − 1))`` (N = unlearned models); buckets [0, 0.5), [0.5, 1), …
+   whose upper end is ≤ E are worth 1, ½, ¼, …; an example scores the points of the first
+   bucket with ε < its upper end, 0 if ε lies past the last one. With N ≤ 2 there is no bucket
+   and every example scores 0, so the CLI asks for N ≥ 3.
+4. *Forget quality* = the mean over forget examples of the points; *final score* (``main.py``) =
+   forget quality × (mean RA of the unlearned / mean RA of the retrained) × (mean TA of the
+   unlearned / mean TA of the retrained), means over each pool's models, no cap at 1.
+
+**Deviations (on purpose).**
+
+- The confidence is computed from log-sum-exps of the logits (``z_y − logsumexp_{j≠y} z_j`` with
+  the 1e-45 floor applied in log space), which equals the challenge's float64 value up to
+  rounding; no probability is formed.
+- Threshold rates are counted with sorted arrays (``searchsorted``) in float64 instead of
+  comparing every threshold with every model in float32 on a GPU; thresholds are the same.
+- Where no threshold survives (the two groups are the same single point: both ranges 0) the
+  challenge stops on an assertion; we return ε = 0 (nothing tells the groups apart). The
+  released ``_get_epsilons`` also asserts on a NumPy array (``assert thr_eps``), which as
+  written raises for more than one surviving threshold; we read it as "some threshold survives".
+- TA is the test accuracy on the retained classes (``test_r``) for class-level forgetting (the
+  project's ``ta``, EVALUATION.md §3): the challenge forgot random examples, and there a model
+  that keeps the forgotten class would otherwise gain TA against Retrain. For data-level and
+  noisy specs TA is the accuracy on the whole test split, as in the challenge.
+
+**U-LiRA-style attack** (Hayes et al., 2024, "Inexact Unlearning Needs More Careful
+Evaluations"): per forget example, Gaussians fitted to the confidences under the retrained and
+under the unlearned pool; a target model is scored ``log N(c; μ_u, σ_u) − log N(c; μ_r, σ_r)``
+(higher: "unlearned, not retrained"). Every model of both pools is a target in turn, and its own
+confidences are left out of the fit (leave-one-out; unbiased variance, σ floored at 0.01). TPR at
+1 % and 0.1 % FPR over all (model, example) pairs, in percent. Hayes et al. train shadow models
+on random splits; here both pools share the task's forget set, which is what the issue asks.
+
+**Relearn time.** Fine-tuning on D_f alone from the evaluated model, with the task recipe's
+optimiser, learning rate, weight decay and batch size (batch ≤ |D_f|, no augmentation, no
+schedule), in train mode; the accuracy on D_f (eval mode, at most 1,000 fixed examples) is
+checked before the first step and after each step; relearn steps = the first count at which it is
+≥ the original model's accuracy on the same examples − 5 points. Runs that reach ``cap`` steps
+are reported at the cap and counted in ``relearn_capped``.
+
+**Linear probe.** Frozen penultimate features (``model.features``), standardised, a multinomial
+logistic regression (C = 1 in scikit-learn's sense, fitted with full-batch L-BFGS in torch);
+class-level: trained on at most 5,000 examples of D
+(labels as stored), scored on the test examples of the forgotten classes; data-level and noisy:
+trained on D_r, scored on D_f (labels as stored). Percent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+DELTA = 1e-5
+EPSILON_CAP = 50.0
+THRESHOLDS_PER_UNIT = 100
+DOUBLE_BUFFER = 2.0
+SPREAD_RATIO = 0.01
+PROB_FLOOR = 1e-45
+BUCKET_SIZE = 0.5
+RELEARN_MARGIN = 5.0  # percentage points
+ULIRA_SIGMA_FLOOR = 1e-2
+POOL_MIN, POOL_MAX = 3, 512
+
+
+# --------------------------------------------------------------------------- confidences
+
+
+def logit_scaled_confidence(logits: torch.Tensor, targets: torch.Tensor, floor: bool = True) -> np.ndarray:
+    """``log p_y − log(1 − p_y)`` per row, float64, from the logits (challenge rule 1). With
+    ``floor`` each probability gets the challenge's + 1e-45 (values stay within about ±103.6)."""
+    z = logits.detach().to(torch.float64).cpu()
+    y = targets.detach().to(torch.int64).cpu()
+    if z.ndim != 2 or len(z) != len(y):
+        raise ValueError(f"logits must be [n, classes] with one target per row, got {tuple(z.shape)} and {len(y)}")
+    total = torch.logsumexp(z, 1)
+    log_p = z.gather(1, y[:, None]).squeeze(1) - total
+    others = z.clone()
+    others[torch.arange(len(y)), y] = -math.inf
+    log_q = torch.logsumexp(others, 1) - total
+    if floor:
+        f = torch.tensor(math.log(PROB_FLOOR), dtype=torch.float64)
+        log_p, log_q = torch.logaddexp(log_p, f), torch.logaddexp(log_q, f)
+    return (log_p - log_q).numpy()
+
+
+# --------------------------------------------------------------------------- ε per example
+
+
+def _linspace(start: float, stop: float, num: int) -> np.ndarray:
+    return np.linspace(start, stop, num=num)
+
+
+def _count_ge(sorted_x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return len(sorted_x) - np.searchsorted(sorted_x, t, side="left")
+
+
+def _count_between(sorted_x: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """How many values lie in [left, right] (0 where left > right)."""
+    return np.maximum(np.searchsorted(sorted_x, right, side="right") - np.searchsorted(sorted_x, left, side="left"), 0)
+
+
+def _single_rates(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tpr, fnr, fpr, tnr) of the single-threshold family: positive when conf ≥ t."""
+    lo, hi = min(pos.min(), neg.min()), max(pos.max(), neg.max())
+    t = _linspace(lo, hi, int(math.ceil((hi - lo) * THRESHOLDS_PER_UNIT)))
+    tp = _count_ge(np.sort(pos), t)
+    fp = _count_ge(np.sort(neg), t)
+    return tp / len(pos), (len(pos) - tp) / len(pos), fp / len(neg), (len(neg) - fp) / len(neg)
+
+
+def _double_rates(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tpr, fnr, fpr, tnr) of the double-threshold family: positive when l ≤ conf ≤ r, the
+    positive group being the one of the smaller range (the peakier distribution)."""
+    pos_range, neg_range = np.ptp(pos), np.ptp(neg)
+    width = min(pos_range, neg_range)
+    if pos_range >= neg_range:
+        pos, neg = neg, pos
+    lo = pos.min() + width - DOUBLE_BUFFER
+    hi = pos.max() + DOUBLE_BUFFER
+    right = _linspace(lo, hi, int(math.ceil((hi - lo) * THRESHOLDS_PER_UNIT)))
+    n_left = int(math.ceil(2 * DOUBLE_BUFFER * THRESHOLDS_PER_UNIT))
+    # For each right threshold r, n_left left thresholds from r - w - 2 to r - w + 2, computed as
+    # np.linspace does (start + i * step, the last one set to stop exactly).
+    start = right - width - DOUBLE_BUFFER
+    stop = right - width + DOUBLE_BUFFER
+    step = (stop - start) / (n_left - 1)
+    left = start[:, None] + np.arange(n_left)[None, :] * step[:, None]
+    left[:, -1] = stop
+    right_b = np.broadcast_to(right[:, None], left.shape)
+    tp = _count_between(np.sort(pos), left, right_b).ravel()
+    fp = _count_between(np.sort(neg), left, right_b).ravel()
+    return tp / len(pos), (len(pos) - tp) / len(pos), fp / len(neg), (len(neg) - fp) / len(neg)
+
+
+def threshold_epsilons(tpr, fnr, fpr, tnr, delta: float = DELTA) -> np.ndarray:
+    """ε per threshold (challenge rule 2): ∞ on perfect separation, NaN for discarded thresholds."""
+    tpr, fnr, fpr, tnr = (np.asarray(a, dtype=np.float64) for a in (tpr, fnr, fpr, tnr))
+    perfect = (fpr + fnr == 0) & (tpr + tnr == 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.log(1 - delta - fpr) - np.log(fnr)
+        b = np.log(1 - delta - fnr) - np.log(fpr)
+        both = np.where(np.isnan(a), b, np.where(np.isnan(b), a, np.maximum(a, b)))
+    eps = np.maximum(both, 0.0)  # NaN stays NaN
+    eps = np.where(fpr * fnr == 0, np.nan, eps)
+    return np.where(perfect, np.inf, eps)
+
+
+def example_epsilon(retrained: Sequence[float], unlearned: Sequence[float], delta: float = DELTA) -> float:
+    """The challenge's ε for one forget example from its confidences under the retrained and the
+    unlearned models (any numbers of each, at least one)."""
+    r = np.asarray(retrained, dtype=np.float64).ravel()
+    u = np.asarray(unlearned, dtype=np.float64).ravel()
+    if len(r) == 0 or len(u) == 0:
+        raise ValueError("each group needs at least one confidence")
+    if not (np.isfinite(r).all() and np.isfinite(u).all()):
+        raise ValueError("confidences must be finite")
+    if np.median(r) > np.median(u):
+        pos, neg = r, u
+    else:
+        pos, neg = u, r
+    largest, smallest = max(np.ptp(pos), np.ptp(neg)), min(np.ptp(pos), np.ptp(neg))
+    if largest > 0 and smallest / largest < SPREAD_RATIO:
+        return EPSILON_CAP  # the zero-spread rule
+    rates = [np.concatenate(parts) for parts in zip(_double_rates(pos, neg), _single_rates(pos, neg))]
+    eps = threshold_epsilons(*rates, delta=delta)
+    kept = eps[~np.isnan(eps)]
+    if len(kept) == 0:  # both groups one and the same point (the challenge asserts here)
+        return 0.0
+    return float(np.clip(kept.max(), 0.0, EPSILON_CAP))
+
+
+def epsilons(retrained_confs: np.ndarray, unlearned_confs: np.ndarray, delta: float = DELTA) -> np.ndarray:
+    """ε per forget example; both arrays are [models, examples]."""
+    r, u = np.asarray(retrained_confs, dtype=np.float64), np.asarray(unlearned_confs, dtype=np.float64)
+    if r.ndim != 2 or u.ndim != 2 or r.shape[1] != u.shape[1]:
+        raise ValueError(f"confidences must be [models, examples] with the same examples, got {r.shape} and {u.shape}")
+    return np.array([example_epsilon(r[:, j], u[:, j], delta) for j in range(r.shape[1])])
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def bucket_points(n_models: int) -> list[tuple[float, float]]:
+    """(upper end, points) of each ε bucket for ``n_models`` unlearned models (challenge rule 3)."""
+    if n_models < 2:
+        return []
+    max_eps = math.ceil(math.log(n_models - 1))
+    out, start, points = [], 0.0, 1.0
+    while start + BUCKET_SIZE <= max_eps:
+        out.append((start + BUCKET_SIZE, points))
+        points /= 2
+        start += BUCKET_SIZE
+    return out
+
+
+def example_points(eps: float, n_models: int) -> float:
+    for upper, points in bucket_points(n_models):
+        if eps < upper:
+            return points
+    return 0.0
+
+
+def forget_quality(eps: Sequence[float], n_models: int) -> float:
+    """Mean bucket points over forget examples (challenge rule 4), in [0, 1]."""
+    eps = list(eps)
+    if not eps:
+        raise ValueError("no forget example")
+    return float(sum(example_points(e, n_models) for e in eps) / len(eps))
+
+
+def final_score(fq: float, ra_unlearned: float, ra_retrained: float, ta_unlearned: float, ta_retrained: float) -> float:
+    """forget quality × RA_u / RA_r × TA_u / TA_r (the challenge's ``main.py``; means over pools)."""
+    if ra_retrained <= 0 or ta_retrained <= 0:
+        return float("nan")
+    return float(fq * (ra_unlearned / ra_retrained) * (ta_unlearned / ta_retrained))
+
+
+# --------------------------------------------------------------------------- U-LiRA
+
+
+def _loo_gaussians(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per model m and example j: mean and std of column j without row m (unbiased)."""
+    m = x.shape[0]
+    if m < 3:
+        raise ValueError("leave-one-out Gaussians need at least 3 models per pool")
+    mu = x.mean(0, keepdims=True)
+    ss = ((x - mu) ** 2).sum(0, keepdims=True)
+    d = x - mu
+    mu_loo = mu - d / (m - 1)
+    ss_loo = np.maximum(ss - d ** 2 * m / (m - 1), 0.0)
+    sd = np.sqrt(ss_loo / (m - 2))
+    return mu_loo, np.maximum(sd, ULIRA_SIGMA_FLOOR)
+
+
+def _log_normal(x, mu, sd):
+    return -0.5 * ((x - mu) / sd) ** 2 - np.log(sd)
+
+
+def ulira_scores(retrained_confs: np.ndarray, unlearned_confs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log likelihood ratios "unlearned vs retrained" for every (model, example) of both pools:
+    (scores of retrained models = negatives, scores of unlearned models = positives)."""
+    r, u = np.asarray(retrained_confs, dtype=np.float64), np.asarray(unlearned_confs, dtype=np.float64)
+    r_mu_loo, r_sd_loo = _loo_gaussians(r)
+    u_mu_loo, u_sd_loo = _loo_gaussians(u)
+    r_mu, r_sd = r.mean(0), np.maximum(r.std(0, ddof=1), ULIRA_SIGMA_FLOOR)
+    u_mu, u_sd = u.mean(0), np.maximum(u.std(0, ddof=1), ULIRA_SIGMA_FLOOR)
+    neg = _log_normal(r, u_mu, u_sd) - _log_normal(r, r_mu_loo, r_sd_loo)
+    pos = _log_normal(u, u_mu_loo, u_sd_loo) - _log_normal(u, r_mu, r_sd)
+    return neg.ravel(), pos.ravel()
+
+
+def tpr_at_fpr(neg_scores: np.ndarray, pos_scores: np.ndarray, fpr: float) -> float:
+    """Largest TPR (percent) over thresholds whose FPR is at most ``fpr`` (a fraction)."""
+    from sklearn.metrics import roc_curve
+
+    y = np.concatenate([np.zeros(len(neg_scores)), np.ones(len(pos_scores))])
+    s = np.concatenate([neg_scores, pos_scores])
+    f, t, _ = roc_curve(y, s)
+    ok = f <= fpr + 1e-12
+    return 100.0 * float(t[ok].max()) if ok.any() else 0.0
+
+
+# --------------------------------------------------------------------------- depth checks
+
+
+def _forget_check_set(data, n: int = 1000, seed: int = 0) -> torch.Tensor:
+    idx = data.forget_idx
+    if len(idx) > n:
+        g = torch.Generator().manual_seed(seed)
+        idx = idx[torch.randperm(len(idx), generator=g)[:n].to(idx.device)]
+    return idx
+
+
+def relearn_steps(model: nn.Module, data, recipe, target_acc: float, seed: int, cap: int = 500) -> tuple[int, bool]:
+    """Fine-tuning steps on D_f until the D_f accuracy is ≥ ``target_acc`` (percent); (steps,
+    reached the cap). ``model`` is not changed."""
+    import copy
+
+    from .data import EndlessBatches
+    from .metrics import accuracy, predict_logits
+    from .training import make_optimizer
+    from .utils import device_generator
+
+    check = _forget_check_set(data)
+    xc, yc = data.x_train[check], data.y_train[check]
+    m = copy.deepcopy(model)
+    if accuracy(predict_logits(m, xc), yc) >= target_acc:
+        return 0, False
+    opt = make_optimizer(m.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    batches = EndlessBatches(data.forget_idx, min(recipe.batch_size, len(data.forget_idx)),
+                             device_generator(seed, data.device))
+    for step in range(1, cap + 1):
+        m.train()
+        b = next(batches)
+        loss = F.cross_entropy(m(data.x_train[b]), data.y_train[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if accuracy(predict_logits(m, xc), yc) >= target_acc:
+            return step, False
+    return cap, True
+
+
+def _fit_linear_probe(f: torch.Tensor, y: torch.Tensor, n_classes: int, c: float = 1.0,
+                      max_iter: int = 200) -> nn.Linear:
+    """Multinomial logistic regression on ``f`` (already standardised): full-batch L-BFGS from
+    zero weights on mean cross-entropy + ||W||² / (2·C·n) (scikit-learn's objective divided by
+    C·n; the bias is not penalised). Deterministic; float64."""
+    lin = nn.Linear(f.shape[1], n_classes).to(torch.float64)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    reg = 1.0 / (2.0 * c * len(f))
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(f), y) + reg * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return lin
+
+
+def probe_forget_accuracy(model: nn.Module, data, seed: int, max_train: int = 5000) -> float:
+    """Linear-probe accuracy (percent) on the forget examples from frozen penultimate features."""
+    from .metrics import predict_features
+
+    if data.spec.kind == "class":
+        train_idx = torch.arange(len(data.x_train), device=data.device)
+        mask = data.test_forget_mask()
+        x_eval, y_eval = data.x_test[mask], data.y_test[mask]
+    else:
+        train_idx = data.retain_idx
+        x_eval, y_eval = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+    if len(train_idx) > max_train:
+        g = torch.Generator().manual_seed(seed)
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:max_train].to(train_idx.device)]
+    if len(y_eval) == 0:
+        return float("nan")
+    f_train = predict_features(model, data.x_train[train_idx]).flatten(1).to(torch.float64)
+    f_eval = predict_features(model, x_eval).flatten(1).to(torch.float64)
+    mu, sd = f_train.mean(0), f_train.std(0, unbiased=False)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # constant features (dead ReLUs) stay 0
+    lin = _fit_linear_probe((f_train - mu) / sd, data.y_train[train_idx], data.n_classes)
+    with torch.no_grad():
+        pred = lin((f_eval - mu) / sd).argmax(1)
+    return 100.0 * float((pred == y_eval).to(torch.float64).mean())
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+@dataclass
+class StrongEvalConfig:
+    """Everything that defines a strong evaluation (replayable from evaluation.json)."""
+
+    dataset: str = "digits"
+    forget: str = "class:3"
+    methods: tuple[str, ...] = ("retrain", "finetune", "mixunlearn")
+    pool: int = 16
+    seed: int = 0
+    model: str | None = None
+    recipe: str | None = None
+    epochs: int | None = None  # None: the recipe's; else the original's and every Retrain's epochs
+    device: str = "auto"
+    data_root: str | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_split: str = "test"
+    download: bool = True
+    depth_models: int = 3  # models per pool that get the relearn and probe checks
+    relearn_cap: int = 500
+
+    def resolved(self) -> StrongEvalConfig:
+        """Validate every field (the shared ones through ExperimentConfig) and fill in defaults;
+        ValueError naming the problem."""
+        from .experiment import ExperimentConfig
+
+        raw = self.methods.split(",") if isinstance(self.methods, str) else list(self.methods)
+        if not all(isinstance(m, str) for m in raw):
+            raise ValueError(f"methods must be names (text), got {self.methods!r}")
+        methods = list(dict.fromkeys(m.strip() for m in raw if m.strip()))
+        exp = ExperimentConfig(dataset=self.dataset, forget=self.forget, methods=tuple(methods), seed=self.seed,
+                               model=self.model, recipe=self.recipe, device=self.device, data_root=self.data_root,
+                               params=self.params, eval_split=self.eval_split, attacks=False,
+                               download=self.download).resolved()
+        _check_int(self.pool, "pool size", POOL_MIN, POOL_MAX,
+                   "with 2 models or fewer the challenge's score has no bucket (every example scores 0)")
+        if self.epochs is not None:
+            _check_int(self.epochs, "epochs", 1, 500)
+        _check_int(self.depth_models, "depth_models", 0, POOL_MAX)
+        _check_int(self.relearn_cap, "relearn_cap", 1, 100_000)
+        return dataclasses.replace(self, model=exp.model, recipe=exp.recipe, forget=exp.forget, seed=exp.seed,
+                                   methods=tuple(methods), params=exp.params,
+                                   depth_models=min(self.depth_models, self.pool))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["methods"] = list(self.methods)
+        return d
+
+
+def _check_int(value: Any, what: str, lo: int, hi: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} {value} is out of range; allowed {lo}..{hi}" + (f" ({why})" if why else ""))
+
+
+def _model_stats(model: nn.Module, data, ta_mask: torch.Tensor) -> dict[str, Any]:
+    from .metrics import accuracy, predict_logits
+
+    lt = predict_logits(model, data.x_train)
+    le = predict_logits(model, data.x_test)
+    f, r = data.forget_idx, data.retain_idx
+    return {
+        "conf": logit_scaled_confidence(lt[f], data.y_train[f]),
+        "ra": accuracy(lt[r], data.y_train[r]),
+        "ta": accuracy(le[ta_mask], data.y_test[ta_mask]),
+        "forget_acc": accuracy(lt[f], data.y_train[f]),
+    }
+
+
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, data=None) -> dict[str, Any]:
+    """Build the pools and score every method of ``cfg``; returns the evaluation.json document.
+
+    A method whose run fails with NaN/inf is recorded as failed and the others go on;
+    :class:`~mixunlearn.progress.RunCancelled` raised by a callback stops everything.
+    """
+    from . import __version__
+    from .experiment import json_safe
+    from .methods import get_method, make_config
+    from .metrics import accuracy, predict_logits
+    from .pools import pool_seeds, retrained_pool, unlearned_pool
+    from .progress import NonFiniteLossError, ProgressEvent, emit
+    from .training import ModelCache, get_recipe, get_trained
+    from .utils import device_name, resolve_device, seed_everything
+
+    cfg = cfg.resolved()
+    callbacks = list(callbacks or [])
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    started = time.perf_counter()
+    if data is None:
+        from .data import make_split
+        from .datasets import load_dataset
+
+        emit(callbacks, ProgressEvent("evaluate", "data", 0, 1, message=f"loading {cfg.dataset}"))
+        ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        data = make_split(ds, cfg.forget, cfg.seed, eval_split=cfg.eval_split)
+    data = data.to(device)
+    recipe = get_recipe(cfg.recipe)
+    if cfg.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=cfg.epochs)
+    cache = cache or ModelCache()
+    ta_mask = ~data.test_forget_mask() if data.spec.kind == "class" else torch.ones_like(data.test_forget_mask())
+
+    original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
+    check = _forget_check_set(data)
+    orig_forget_acc = accuracy(predict_logits(original.model, data.x_train[check]), data.y_train[check])
+    target = orig_forget_acc - RELEARN_MARGIN
+
+    def measure(depth_seed_stream: str):
+        def fn(i: int, model: nn.Module) -> dict[str, Any]:
+            stats = _model_stats(model, data, ta_mask)
+            if i < cfg.depth_models:
+                s = pool_seeds(cfg.seed, i + 1, depth_seed_stream)[i]
+                stats["relearn_steps"], stats["relearn_capped"] = relearn_steps(model, data, recipe, target, s,
+                                                                                cfg.relearn_cap)
+                stats["probe_forget_acc"] = probe_forget_accuracy(model, data, s)
+            return stats
+        return fn
+
+    reference = retrained_pool(data, cfg.model, recipe, cfg.pool, cfg.seed, stream="reference", cache=cache,
+                               callbacks=callbacks, measure=measure("reference"))
+    r_conf = np.stack(reference.stat("conf"))
+    r_ra, r_ta = _mean(reference.stat("ra")), _mean(reference.stat("ta"))
+    ref_depth = reference.members[:cfg.depth_models]
+    ref_relearn = _mean(m.stats["relearn_steps"] for m in ref_depth)
+    ref_probe = _mean(m.stats["probe_forget_acc"] for m in ref_depth)
+
+    family = original.model.family
+    out_methods: dict[str, Any] = {}
+    for name in cfg.methods:
+        spec = get_method(name)
+        emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"pool of {cfg.pool} for {spec.display}"))
+        t0 = time.perf_counter()
+        try:
+            if name == "retrain":
+                pool = retrained_pool(data, cfg.model, recipe, cfg.pool, cfg.seed, stream="unlearner", cache=cache,
+                                      callbacks=callbacks, measure=measure("unlearner"))
+                mcfg: dict[str, Any] = {"recipe": dataclasses.asdict(recipe)}
+            else:
+                c = make_config(name, family, cfg.params.get(name))
+                pool = unlearned_pool(name, original.model, data, cfg.pool, cfg.seed, cfg=c, device=device,
+                                      callbacks=callbacks, measure=measure("runs"))
+                from .methods import config_to_dict
+
+                mcfg = config_to_dict(c)
+        except NonFiniteLossError as exc:
+            out_methods[name] = {"status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0}
+            emit(callbacks, ProgressEvent(name, "failed", 0, 1, message=str(exc)))
+            continue
+        emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
+        u_conf = np.stack(pool.stat("conf"))
+        eps = epsilons(r_conf, u_conf)
+        fq = forget_quality(eps, cfg.pool)
+        u_ra, u_ta = _mean(pool.stat("ra")), _mean(pool.stat("ta"))
+        neg, pos = ulira_scores(r_conf, u_conf)
+        depth = pool.members[:cfg.depth_models]
+        relearn = _mean(m.stats["relearn_steps"] for m in depth)
+        out_methods[name] = {
+            "status": "done",
+            "score": final_score(fq, u_ra, r_ra, u_ta, r_ta) if None not in (u_ra, r_ra, u_ta, r_ta) else None,
+            "forget_quality": fq,
+            "eps_per_example": [round(float(e), 4) for e in eps],
+            "eps_mean": float(np.mean(eps)),
+            "ulira_tpr_at_1pct_fpr": tpr_at_fpr(neg, pos, 0.01),
+            "ulira_tpr_at_0.1pct_fpr": tpr_at_fpr(neg, pos, 0.001),
+            "relearn_steps": relearn,
+            "relearn_capped": sum(bool(m.stats["relearn_capped"]) for m in depth),
+            "relearn_vs_retrain": (relearn / ref_relearn) if relearn is not None and ref_relearn else None,
+            "probe_forget_acc": _mean(m.stats["probe_forget_acc"] for m in depth),
+            "ra": u_ra, "ta": u_ta, "forget_acc": _mean(pool.stat("forget_acc")),
+            "seconds": time.perf_counter() - t0,
+            "seconds_per_run": _mean(m.seconds for m in pool.members),
+            "cached_runs": pool.n_cached,
+            "seeds": pool.seeds,
+            "config": mcfg,
+        }
+    doc = {
+        "config": cfg.to_dict(),
+        "original": {"forget_acc": orig_forget_acc, "relearn_target": target, "seconds": original.seconds,
+                     "cached": original.cached, "key": original.key},
+        "reference": {"ra": r_ra, "ta": r_ta, "forget_acc": _mean(reference.stat("forget_acc")),
+                      "relearn_steps": ref_relearn,
+                      "relearn_capped": sum(bool(m.stats["relearn_capped"]) for m in ref_depth),
+                      "probe_forget_acc": ref_probe, "seconds": reference.seconds,
+                      "cached_models": reference.n_cached, "seeds": reference.seeds},
+        "methods": out_methods,
+        "info": {"version": __version__, "device": device_name(device), "level": data.spec.level,
+                 "n_forget": int(len(data.forget_idx)), "n_retain": int(len(data.retain_idx)),
+                 "n_test": int(len(data.x_test)), "ta": "test_r" if data.spec.kind == "class" else "test",
+                 "recipe": dataclasses.asdict(recipe), "seconds_total": time.perf_counter() - started,
+                 "units": "score, forget_quality in [0, 1]; eps in nats (cap 50); accuracies and TPRs in percent; "
+                          "relearn in optimiser steps (mean over depth_models per pool)",
+                 "source": "NeurIPS 2023 Machine Unlearning Challenge scoring (google-deepmind/unlearning_evaluation "
+                           "metric.py, main.py); U-LiRA after Hayes et al. 2024; see docs/metrics.md"},
+    }
+    return json_safe(doc)
+
+
+def write_evaluation(doc: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """``out_dir/evaluation.json``, written atomically (never NaN: those are null)."""
+    from .utils import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out / "evaluation.json", json.dumps(doc, indent=1, allow_nan=False))
+
+
+def format_table(doc: Mapping[str, Any]) -> str:
+    """The methods of an evaluation.json document as a text table."""
+    head = (f"{'method':<20}{'score':>7}{'FQ':>7}{'mean ε':>8}{'ULiRA@1%':>10}{'@0.1%':>7}"
+            f"{'relearn':>9}{'probe':>7}{'RA':>7}{'TA':>7}{'seconds':>9}")
+    lines = [head]
+
+    def cell(v, w, fmt):
+        return f"{v:>{w}{fmt}}" if isinstance(v, (int, float)) else f"{'n/a':>{w}}"
+
+    ref = doc.get("reference", {})
+    lines.append(f"{'(reference pool)':<20}{'':>7}{'':>7}{'':>8}{'':>10}{'':>7}"
+                 + cell(ref.get("relearn_steps"), 9, ".1f") + cell(ref.get("probe_forget_acc"), 7, ".1f")
+                 + cell(ref.get("ra"), 7, ".1f") + cell(ref.get("ta"), 7, ".1f") + cell(ref.get("seconds"), 9, ".1f"))
+    for name, rec in doc["methods"].items():
+        if rec.get("status") == "failed":
+            lines.append(f"{name:<20} FAILED: {rec.get('error', '')}")
+            continue
+        lines.append(f"{name:<20}" + cell(rec["score"], 7, ".3f") + cell(rec["forget_quality"], 7, ".3f")
+                     + cell(rec["eps_mean"], 8, ".2f") + cell(rec["ulira_tpr_at_1pct_fpr"], 10, ".1f")
+                     + cell(rec["ulira_tpr_at_0.1pct_fpr"], 7, ".1f") + cell(rec["relearn_steps"], 9, ".1f")
+                     + cell(rec["probe_forget_acc"], 7, ".1f") + cell(rec["ra"], 7, ".1f") + cell(rec["ta"], 7, ".1f")
+                     + cell(rec["seconds"], 9, ".1f"))
+    n = doc["config"]["pool"]
+    lines.append(f"(pool N = {n}; score = FQ x RA_u/RA_r x TA_u/TA_r; ε per forget example, cap 50; U-LiRA TPR in % at "
+                 f"1% / 0.1% FPR; relearn = steps on D_f back to the original's accuracy - 5 pt, cap "
+                 f"{doc['config']['relearn_cap']}; probe = linear-probe accuracy on forget examples, %)")
+    return "\n".join(lines)
