@@ -1,7 +1,9 @@
 """MixUnlearn lab: the Streamlit app. Start it with ``streamlit run app.py``.
 
 This file is the entry point (navigation, shared sidebar) and the Home page. The other pages
-live in ``pages/``; Streamlit-aware helpers in ``ui/``; all logic in the ``mixunlearn`` library.
+live in ``views/`` -- not ``pages/``: a folder of that name switches Streamlit to its old
+multipage mode until st.navigation has run, so the first page opened after start would skip
+main() here. Streamlit-aware helpers in ``ui/``; all logic in the ``mixunlearn`` library.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mixunlearn import playground as pg
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.jobs import get_runner
 
-PAGE = "pages/6_Generator.py"
+PAGE = "views/6_Generator.py"
 PAGE_CHARTS = 4  # the page's own: grid, health curves, debug views, training curves
 
 
