@@ -113,24 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     sub.add_parser("list", help="datasets, models and methods with one-line help")
 
-    def common(sp: argparse.ArgumentParser) -> None:
+    def task(sp: argparse.ArgumentParser, recipe_of: str) -> None:
+        """The options every experiment command shares: the task, where its data is, the device."""
         sp.add_argument("--dataset", default="digits", help="dataset name (default: digits, offline)")
         sp.add_argument("--forget", default="class:3",
                         help="class:K | data:CLASSES:FRACTION (e.g. data:5-9:0.4) | noisy:CLASSES:FRACTION")
-        sp.add_argument("--methods", type=_methods_arg, default=("retrain", "finetune", "neggrad"),
-                        help="comma-separated method names (Retrain is always run: it is the yardstick)")
         sp.add_argument("--model", default=None, help="model name (default: the dataset's)")
-        sp.add_argument("--recipe", default=None, help="training recipe of the original and Retrain")
+        sp.add_argument("--recipe", default=None, help=f"training recipe of {recipe_of}")
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
         sp.add_argument("--data-root", default=None, help="folder with the dataset files")
         sp.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                         help="override a method hyper-parameter (repeatable)")
         sp.add_argument("--eval-split", choices=("test", "val"), default="test",
                         help="'val' scores on a validation split held out from D (for tuning)")
-        sp.add_argument("--no-attacks", action="store_true", help="skip the membership-inference attacks")
         sp.add_argument("--no-download", action="store_true", help="never try to download data")
-        sp.add_argument("--out", default=None, help="output folder")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        task(sp, "the original and Retrain")
+        sp.add_argument("--methods", type=_methods_arg, default=("retrain", "finetune", "neggrad"),
+                        help="comma-separated method names (Retrain is always run: it is the yardstick)")
+        sp.add_argument("--no-attacks", action="store_true", help="skip the membership-inference attacks")
+        sp.add_argument("--out", default=None, help="output folder")
 
     run = sub.add_parser("run", help="one seed: all methods run and scored against Retrain -> OUT/results.json")
     common(run)
@@ -145,30 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
                                          "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
-    ev.add_argument("--dataset", default="digits", help="dataset name (default: digits, offline)")
-    ev.add_argument("--forget", default="class:3", help="class:K | data:CLASSES:FRACTION | noisy:CLASSES:FRACTION")
+    task(ev, "the original and the retrained pools")
     ev.add_argument("--methods", type=_methods_arg, default=("retrain", "finetune", "mixunlearn"),
                     help="comma-separated method names; 'retrain' = Retrain with other seeds (the sanity row)")
     ev.add_argument("--pool", type=_pool_arg, default=16,
                     help=f"models per pool, {POOL_MIN}..{POOL_MAX} (the challenge used 512)")
     ev.add_argument("--seed", type=_seed_arg, default=0, help="base seed: the split, the original and every pool seed")
-    ev.add_argument("--model", default=None, help="model name (default: the dataset's)")
-    ev.add_argument("--recipe", default=None, help="training recipe of the original and the retrained pools")
     ev.add_argument("--epochs", type=_bounded_int("--epochs", 1, 500), default=None,
                     help="override the recipe's epochs (original and retrained pools; for quick looks)")
     ev.add_argument("--depth-models", type=_bounded_int("--depth-models", 0, POOL_MAX), default=3,
                     help="models per pool given the relearn and linear-probe checks (default 3)")
     ev.add_argument("--relearn-cap", type=_bounded_int("--relearn-cap", 1, 100_000), default=500,
                     help="most fine-tuning steps of the relearn check (default 500)")
-    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    ev.add_argument("--data-root", default=None, help="folder with the dataset files")
-    ev.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                    help="override a method hyper-parameter (repeatable)")
-    ev.add_argument("--eval-split", choices=("test", "val"), default="test",
-                    help="'val' scores on a validation split held out from D (for tuning)")
-    ev.add_argument("--no-download", action="store_true", help="never try to download data")
     ev.add_argument("--out", default=None, help="output folder (default runs/eval-DATASET-FORGET-nN)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
