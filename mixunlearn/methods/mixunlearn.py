@@ -124,8 +124,8 @@ class MixUnlearnConfig(MethodConfig):
     # Class defaults are METHOD.md §6's, except τ (above) and the generator's (share projection, He init,
     # Adam 1e-2: the first build's 1e-3 left the mask flat). Per family: digits and the 2-conv CNN chosen
     # on the validation split (bench/tune_mixunlearn.py, docs/mixunlearn.md) -- the 2-conv CNN's before
-    # the generator fix, its generator settings untuned; ResNet-18 keeps METHOD.md's lr and epochs,
-    # untuned (no GPU to tune on).
+    # the generator fix; one validation round on Fashion-MNIST class 0 kept the class generator
+    # defaults for it; ResNet-18 keeps METHOD.md's lr and epochs, untuned (no GPU to tune on).
     FAMILY_DEFAULTS = {
         # digits: the generator settings of validation rounds r1-r3 (docs/mixunlearn.md, "The generator").
         "digits": {"epochs": 10, "snapshot_every": 1, "alpha": 2.0, "lr_generator": 3e-2},
