@@ -456,8 +456,8 @@ class MixUnlearnTrainer:
             share = m_i.flatten(1).mean(1)
             blend = vanilla_mix(x_f, x_r, share)  # a plain blend with the same per-pair share
             with self.autocast():
-                logits = self.f_u(mixed)
-                fixed_logits = net(torch.cat([mixed, blend]))
+                fixed_logits = net(torch.cat([mixed, blend]))  # eval mode: batching changes nothing
+                logits = fixed_logits[:len(mixed)] if net is self.f_u else self.f_u(mixed)
             mid = int(np.argmin(np.abs(np.asarray(PROBE_LAMS) - 0.5)))
             debug = self.g.inspect(b.z_f, b.z_r, lams[mid])
         finally:
