@@ -445,6 +445,25 @@ def test_generator_page_on_an_old_run_without_health_or_debug_views():
     assert "stored before MixUnlearn recorded them" in _texts(at.caption)
 
 
+def test_generator_page_on_a_metrics_only_run_says_so():
+    """A run stored by ``python -m mixunlearn run --store`` has MixUnlearn's metrics but no snapshots:
+    the page says it was stored with metrics only (it used to say MixUnlearn "used no generator")."""
+    from mixunlearn.store import RunStore
+
+    store = RunStore()
+    metrics = {"test_r": 90.0, "test_f": 0.0, "asr": 50.0}
+    results = {"config": {"dataset": "digits", "forget": "class:3", "seed": 0}, "original": {"metrics": metrics},
+               "methods": {"retrain": {"metrics": metrics, "seconds": 1.0, "status": "done"},
+                           "mixunlearn": {"metrics": metrics, "seconds": 0.5, "status": "done"}},
+               "info": {"level": "class"}}
+    store.commit(store.begin(results["config"], label="cli"), results)
+    at = _app()
+    _open(at, "views/6_Generator.py")
+    shown = _texts(at.info)
+    assert "stored with its metrics only" in shown
+    assert "used no generator" not in shown
+
+
 def test_generator_page_flags_a_collapsed_mask():
     from mixunlearn.store import RunStore
 

@@ -40,6 +40,10 @@ if picked is not None:
             ran = list((row.results or {}).get("methods", {}))
             if "mixunlearn" not in method_names() and "mixunlearn_agnostic" not in method_names():
                 st.info("MixUnlearn is not available in this installation, so there are no generator snapshots.")
+            elif any(m in ran for m in ("mixunlearn", "mixunlearn_agnostic")) and not (row.results or {}).get("app"):
+                st.info("This run was stored with its metrics only (e.g. by `python -m mixunlearn run --store`), "
+                        "without the generator's snapshots. Run the same setup from the Unlearn page to see them "
+                        "here; the playground below works on this run as it is.")
             elif any(m in ran for m in ("mixunlearn", "mixunlearn_agnostic")):
                 st.info("This run's MixUnlearn used no generator (e.g. the vanilla mixer or L_mix switched off), so "
                         "there is nothing to show here.")
