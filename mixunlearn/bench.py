@@ -135,10 +135,13 @@ def _say(callbacks: list[Callback] | None, text: str) -> None:
         cb(ProgressEvent(source="bench", phase="load", step=1, total=1, message=text))
 
 
-def _write(path: Path, doc: dict) -> None:
+def write_seed(path: Path, doc: dict) -> None:
     # A unique temporary name, renamed over the seed file: a killed run never leaves half a seed
     # file, two benches writing the same folder leave one complete file, readers never see a part.
     atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+_write = write_seed  # the older private name
 
 
 def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list[Callback] | None = None,
@@ -171,13 +174,33 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
             sub = dataclasses.replace(cfg, methods=("retrain", *to_run),
                                       params={k: v for k, v in cfg.params.items() if k in to_run})
             part = run_experiment(sub, callbacks=callbacks).to_json()
-            merged = {**doc["methods"], **part["methods"]}
-            res = {**part, "config": _as_json(cfg.to_dict()), "methods": {m: merged[m] for m in cfg.methods}}
-            _write(path, res)
+            res = merge_records(cfg, doc, part)
+            write_seed(path, res)
         else:
             res = run_experiment(cfg, callbacks=callbacks).to_json()
-            _write(path, res)
+            write_seed(path, res)
         results.append(res)
+    return write_tables(results, out)
+
+
+def merge_records(cfg: ExperimentConfig, doc: dict | None, part: dict) -> dict:
+    """The seed document of ``cfg`` from a new (possibly partial) run ``part`` and the stored
+    document ``doc`` it resumes: the new run's original, Retrain and info; every method's newest
+    record, in the order of ``cfg`` (methods with no record yet are left out)."""
+    merged = {**(doc or {}).get("methods", {}), **part["methods"]}
+    return {**part, "config": _as_json(cfg.to_dict()),
+            "methods": {m: merged[m] for m in cfg.methods if m in merged}}
+
+
+def setting_folder(cfg: ExperimentConfig) -> str:
+    """The subfolder of a grid's output that holds one setting (data set and forget spec)."""
+    return f"{cfg.dataset}-{cfg.forget.replace(':', '_')}"
+
+
+def write_tables(results: Sequence[dict], out: str | Path) -> str:
+    """``out/table.csv`` and ``out/table.md`` from the seed documents of one setting (atomic
+    writes); returns the markdown table."""
+    out = Path(out)
     rows = summarise(results)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "method", k))
     buf = io.StringIO()

@@ -141,11 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_seed_arg, default=0)
     run.add_argument("--store", action="store_true", help="also save the run in the run store")
 
-    bench = sub.add_parser("bench", help="seeds x methods grid -> OUT/table.csv and OUT/table.md")
+    # "resolve": the grid form takes --dataset and --forget more than once (they replace task()'s).
+    bench = sub.add_parser("bench", help="seeds x methods grid -> OUT/table.csv and OUT/table.md",
+                           conflict_handler="resolve")
     common(bench)
+    bench.add_argument("--dataset", action="append", default=None,
+                       help="dataset name (default: digits); repeat for a grid (one OUT/DATASET-FORGET per setting)")
+    bench.add_argument("--forget", action="append", default=None,
+                       help="class:K | data:CLASSES:FRACTION | noisy:CLASSES:FRACTION (default class:3); "
+                            "repeat for a grid (one OUT/DATASET-FORGET folder and table per setting)")
     bench.add_argument("--seeds", type=_seeds_arg, default=(0, 1, 2))
     bench.add_argument("--fresh", action="store_true",
                        help="run every seed again (default: reuse OUT/seedN.json when it answers the same config)")
+    bench.add_argument("--threads", type=_bounded_int("--threads", 1, 1024), default=None,
+                       help="torch intra-op threads of every cell, serial or on Ray (same seeds and threads: "
+                            "same metrics); on Ray also each cell's CPU request (default 1 there)")
+    bench.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|local|ADDRESS",
+                       help="run the cells as Ray tasks: auto = a running cluster (ray start --head), "
+                            "local = a private one on this machine, HOST:PORT = that head node (docs/ray.md)")
 
     ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
                                          "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
@@ -352,21 +365,78 @@ def format_summary(results: dict) -> str:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    """One setting (data set, forget spec) x seeds into OUT, or a grid of settings into one OUT/
+    DATASET-FORGET folder each; serially in this process, or as Ray tasks with ``--ray``."""
+    from .bench import run_bench, setting_folder
     from .utils import check_home, check_writable_dir
 
-    cfgs = [_experiment_config(args, s) for s in args.seeds]
-    out = Path(args.out or f"runs/bench-{cfgs[0].dataset}-{cfgs[0].forget.replace(':', '_')}")
-    check_writable_dir(out, "--out", files=("table.csv", "table.md", *(f"seed{c.seed}.json" for c in cfgs)))
+    datasets = list(dict.fromkeys(args.dataset or ["digits"]))
+    forgets = list(dict.fromkeys(args.forget or ["class:3"]))
+    settings = []
+    for dataset in datasets:
+        for forget in forgets:
+            one = argparse.Namespace(**{**vars(args), "dataset": dataset, "forget": forget})
+            settings.append([_experiment_config(one, s) for s in args.seeds])
+    folders = [setting_folder(cfgs[0]) for cfgs in settings]
+    repeated = [f for i, f in enumerate(folders) if f in folders[:i]]
+    if repeated:  # e.g. class:0 and class:00, the same setting twice
+        raise ValueError(f"the setting {repeated[0]} is given twice (--dataset/--forget); give it once")
+    first = settings[0][0]
+    if len(settings) == 1:
+        out = Path(args.out or f"runs/bench-{first.dataset}-{first.forget.replace(':', '_')}")
+        outs = [out]
+    else:
+        out = Path(args.out or "runs/bench-grid")
+        outs = [out / f for f in folders]
+    for cfgs, folder in zip(settings, outs):
+        check_writable_dir(folder, "--out", files=("table.csv", "table.md", *(f"seed{c.seed}.json" for c in cfgs)))
     check_home()
-    _check_data(cfgs)
+    for cfgs in settings:
+        _check_data(cfgs)
+    if args.ray is not None:
+        return _bench_on_ray(args, settings, outs, out)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     progress = TqdmProgress(enabled=not args.quiet)
+    tables = []
     try:
-        table = run_bench(cfgs, out, callbacks=[progress], reuse=not args.fresh)
+        for cfgs, folder in zip(settings, outs):
+            tables.append(run_bench(cfgs, folder, callbacks=[progress], reuse=not args.fresh))
     finally:
         progress.close()
-    print(table)
-    print(f"wrote {out / 'table.csv'} and {out / 'table.md'}")
+        torch.set_num_threads(threads_before)
+    _print_tables(tables, outs)
+    return 0
+
+
+def _print_tables(tables: Sequence[str], outs: Sequence[Path]) -> None:
+    for table, folder in zip(tables, outs):
+        print(table)
+        print(f"wrote {folder / 'table.csv'} and {folder / 'table.md'}")
+
+
+def _bench_on_ray(args, settings, outs, out: Path) -> int:
+    try:
+        from . import ray_grid
+    except ImportError as exc:
+        raise ValueError(f"--ray needs the ray package ({exc}); pip install 'ray>=2.60'") from None
+    connected = ray_grid.connect(args.ray)  # RayUnavailable (one line, exit 2) before any work
+    try:
+        tables = ray_grid.run_grid_ray(list(zip(settings, outs)), threads=args.threads or 1,
+                                       reuse=not args.fresh, quiet=args.quiet)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"mixunlearn: cancelled; the outstanding Ray tasks were cancelled, every finished "
+                         f"cell is in its seedN.json under {out} (run the same command again to resume)\n")
+        return 130
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
+    _print_tables(tables, outs)
     return 0
 
 

@@ -206,6 +206,78 @@ def prepare_data(cfg: ExperimentConfig, device: torch.device) -> UnlearnData:
     return make_split(ds, cfg.forget, cfg.seed, eval_split=cfg.eval_split).to(device)
 
 
+@dataclass
+class Oracles:
+    """The original model and Retrain of one experiment, trained (or read from the cache) and scored."""
+
+    original: Any  # training.TrainedModel
+    oracle: Any  # training.TrainedModel
+    original_record: MethodRecord
+    retrain_record: MethodRecord
+
+
+def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache | None = None,
+                    callbacks: list[Callback] | None = None) -> Oracles:
+    """Train or load the original model and Retrain of ``cfg`` (a resolved config) and score both;
+    the original's gap to Retrain is filled in when the attacks are on."""
+    recipe = get_recipe(cfg.recipe)
+    cache = cache or ModelCache()
+    original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
+    emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
+    orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
+                                                                             cfg.attacks),
+                            original.seconds, cached=original.cached)
+    oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
+    emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
+    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
+    retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
+                               config={"recipe": dataclasses.asdict(recipe)}, cached=oracle.cached)
+    if cfg.attacks:
+        retrain_rec.gap_to_retrain = 0.0
+        orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, data.spec.level)
+    return Oracles(original, oracle, orig_rec, retrain_rec)
+
+
+def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, data: UnlearnData,
+                   retrain_metrics: Mapping[str, float], device: torch.device,
+                   callbacks: list[Callback] | None = None) -> tuple[MethodRecord, torch.nn.Module | None]:
+    """One method of ``cfg`` on a copy of ``original``, scored against Retrain's metrics: the cell
+    that ``run_experiment`` and the Ray grid (mixunlearn.ray_grid) both run. A method that fails
+    with NaN/inf losses gives a failed record (no metrics) and no model."""
+    spec = get_method(name)
+    mcfg = make_config(name, original.family, cfg.params.get(name))
+    emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"running {spec.display}"))
+    try:
+        res = run_method(name, original, data, mcfg, device=device, callbacks=callbacks)
+    except NonFiniteLossError as exc:
+        emit(callbacks, ProgressEvent(name, "failed", 0, 1, message=str(exc)))
+        return MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
+                            config=config_to_dict(mcfg), error=str(exc)), None
+    emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
+    metrics = evaluate(res.model, data, cfg.seed, cfg.attacks)
+    gap = gap_to_retrain(metrics, retrain_metrics, data.spec.level) if cfg.attacks else None
+    return MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
+                        res.config, extras=res.extras), res.model
+
+
+def experiment_info(data: UnlearnData, device: torch.device, oracles: Oracles, started: float) -> dict[str, Any]:
+    """The ``info`` block of results.json."""
+    level = data.spec.level
+    return {
+        "version": __version__,
+        "device": device_name(device),
+        "level": level,
+        "metric_set": list({"class": ("test_r", "test_f", "asr"),
+                            "data": ("train_r", "train_f", "test", "asr")}[level]),
+        "metrics": list(ALL_METRICS),
+        "n_train": int(len(data.x_train)), "n_forget": int(len(data.forget_idx)),
+        "n_retain": int(len(data.retain_idx)), "n_test": int(len(data.x_test)),
+        "eval_split": data.eval_split,
+        "cache": {"original": oracles.original.key, "retrain": oracles.oracle.key},
+        "started": started, "seconds_total": time.time() - started,
+    }
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     callbacks: list[Callback] | None = None,
@@ -226,60 +298,16 @@ def run_experiment(
     emit(callbacks, ProgressEvent("experiment", "data", 0, 1, message=f"loading {cfg.dataset}"))
     if data is None:
         data = prepare_data(cfg, device)
-    recipe = get_recipe(cfg.recipe)
-    cache = cache or ModelCache()
-    level = data.spec.level
-    original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
-    emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
-    orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
-                                                                             cfg.attacks),
-                            original.seconds, cached=original.cached)
-    oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
-    emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
-    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
-    records: dict[str, MethodRecord] = {
-        "retrain": MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
-                                config={"recipe": dataclasses.asdict(recipe)}, cached=oracle.cached)
-    }
-    models: dict[str, torch.nn.Module] = {"original": original.model, "retrain": oracle.model}
-    if cfg.attacks:
-        records["retrain"].gap_to_retrain = 0.0
-    family = original.model.family
+    oracles = prepare_oracles(cfg, data, cache, callbacks)
+    records: dict[str, MethodRecord] = {"retrain": oracles.retrain_record}
+    models: dict[str, torch.nn.Module] = {"original": oracles.original.model, "retrain": oracles.oracle.model}
     for name in cfg.methods:
         if name == "retrain":
             continue
-        spec = get_method(name)
-        mcfg = make_config(name, family, cfg.params.get(name))
-        emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"running {spec.display}"))
-        try:
-            res = run_method(name, original.model, data, mcfg, device=device, callbacks=callbacks)
-        except NonFiniteLossError as exc:
-            records[name] = MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
-                                         config=config_to_dict(mcfg), error=str(exc))
-            emit(callbacks, ProgressEvent(name, "failed", 0, 1, message=str(exc)))
-            continue
-        emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
-        metrics = evaluate(res.model, data, cfg.seed, cfg.attacks)
-        gap = gap_to_retrain(metrics, retrain_metrics, level) if cfg.attacks else None
-        records[name] = MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
-                                     res.config, extras=res.extras)
-        if keep_models:
-            models[name] = res.model
-    if cfg.attacks:
-        orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, level)
-    info = {
-        "version": __version__,
-        "device": device_name(device),
-        "level": level,
-        "metric_set": list({"class": ("test_r", "test_f", "asr"),
-                            "data": ("train_r", "train_f", "test", "asr")}[level]),
-        "metrics": list(ALL_METRICS),
-        "n_train": int(len(data.x_train)), "n_forget": int(len(data.forget_idx)),
-        "n_retain": int(len(data.retain_idx)), "n_test": int(len(data.x_test)),
-        "eval_split": data.eval_split,
-        "cache": {"original": original.key, "retrain": oracle.key},
-        "started": started, "seconds_total": time.time() - started,
-    }
-    return ExperimentResult(cfg, orig_rec, records, info, data if keep_models else None,
+        records[name], model = run_one_method(name, cfg, oracles.original.model, data,
+                                              oracles.retrain_record.metrics, device, callbacks)
+        if keep_models and model is not None:
+            models[name] = model
+    info = experiment_info(data, device, oracles, started)
+    return ExperimentResult(cfg, oracles.original_record, records, info, data if keep_models else None,
                             models if keep_models else {})
-

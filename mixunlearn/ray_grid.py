@@ -1,0 +1,340 @@
+"""Bench grids as Ray tasks (``python -m mixunlearn bench ... --ray auto|local|ADDRESS``).
+
+A *cell* is one Ray task. Per (data set, forget spec, seed) one *prepare* cell trains (or reads
+from its node's model cache) the original model and Retrain and scores both; then every method
+is its own cell, fed the original's weights through Ray's object store as safetensors bytes (no
+pickled model, no shared file system). The driver is the only writer: it folds every finished
+cell into ``seedN.json`` at once (atomic writes, :func:`mixunlearn.bench.write_seed`) and writes
+``table.csv`` / ``table.md`` per setting at the end, exactly as the serial bench does. The resume
+rules of :func:`mixunlearn.bench.reusable_records` decide what runs.
+
+This module imports ``ray``; the rest of the library never does (the CLI imports this module only
+when ``--ray`` is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from .bench import merge_records, reusable_records, write_seed, write_tables
+from .experiment import ExperimentConfig, json_safe
+
+# A cell whose worker process dies (killed, out of memory, node lost) is run again this often.
+MAX_RETRIES = 3
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class RayUnavailable(ValueError):
+    """No Ray cluster could be reached (a usage error: one line, exit code 2)."""
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def runtime_env() -> dict[str, Any]:
+    """What every worker gets: this package (uploaded, so nodes need no copy of the repository)
+    and the passive OpenMP wait policy of the CLI."""
+    return {"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"],
+            "env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray {address!r} is not an address; use auto, local or HOST:PORT "
+                             "(the head's address, e.g. 10.0.0.1:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address: str) -> bool:
+    """Connect this process to Ray: ``auto`` (a running cluster: RAY_ADDRESS or the one started
+    here with ``ray start --head``), ``local`` (start a private one on this machine for this
+    command) or ``HOST:PORT`` (a head node). Returns True when this call connected (the caller
+    shuts down), False when the process was already connected. Raises :class:`RayUnavailable`
+    with one line when no cluster can be reached."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"runtime_env": runtime_env(), "logging_level": logging.WARNING,
+                              "include_dashboard": False}
+    if address == "local":
+        ray.init(**kwargs)
+        return True
+    if address != "auto" and not address.startswith("ray://") and not _reachable(address):
+        raise RayUnavailable(f"--ray {address}: no Ray cluster answers there (start one with "
+                             "`ray start --head` on that machine, or use --ray local)")
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("no running Ray cluster found (start one with `ray start --head`, set RAY_ADDRESS, "
+                "or use --ray local)") if address == "auto" else first
+        raise RayUnavailable(f"--ray {address}: {hint}") from None
+    return True
+
+
+def gpus_per_cell(device: str) -> float:
+    """A GPU per cell when the config asks for CUDA, or for ``auto`` on a cluster that has GPUs."""
+    device = (device or "auto").strip().lower()
+    if device.startswith("cuda"):
+        return 1.0
+    if device == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return 0.0
+
+
+# --------------------------------------------------------------------------- the cells (on workers)
+
+
+def _pin_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _where() -> dict[str, str]:
+    node = ray.get_runtime_context().get_node_id() or ""
+    return {"host": socket.gethostname(), "node": node[:8], "pid": str(os.getpid())}
+
+
+_DATA: dict[tuple, Any] = {}  # one split per worker process: the last one used
+
+
+def _data(cfg: ExperimentConfig, device):
+    from .experiment import prepare_data
+
+    key = (cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split, str(device))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = prepare_data(cfg, device)
+    return _DATA[key]
+
+
+def _model_bytes(model) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES)
+def prepare_cell(cfg_dict: dict, threads: int) -> tuple[dict, bytes]:
+    """The original model and Retrain of one seed (from this node's cache or trained), scored.
+    Returns the head of the seed document and the original's weights as safetensors bytes."""
+    from .experiment import experiment_info, prepare_oracles
+    from .utils import resolve_device, seed_everything
+
+    _pin_threads(threads)
+    cfg = ExperimentConfig.from_dict(cfg_dict).resolved()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    started = time.time()
+    data = _data(cfg, device)
+    oracles = prepare_oracles(cfg, data)
+    head = {"original": oracles.original_record.to_json(), "retrain": oracles.retrain_record.to_json(),
+            "retrain_metrics": dict(oracles.retrain_record.metrics),  # unrounded: the gaps need them
+            "info": experiment_info(data, device, oracles, started), "where": _where()}
+    return head, _model_bytes(oracles.original.model)
+
+
+@ray.remote(max_retries=MAX_RETRIES)
+def method_cell(cfg_dict: dict, name: str, head: dict, original: bytes, threads: int) -> dict:
+    """One method of one seed on the original's weights, scored against Retrain's metrics: the same
+    code as the serial bench (:func:`mixunlearn.experiment.run_one_method`)."""
+    from safetensors.torch import load
+
+    from .experiment import run_one_method
+    from .models import build_model
+    from .training import load_state_checked
+    from .utils import resolve_device, seed_everything
+
+    _pin_threads(threads)
+    cfg = ExperimentConfig.from_dict(cfg_dict).resolved()
+    device = resolve_device(cfg.device)
+    data = _data(cfg, device)
+    model = build_model(cfg.model, data.info, seed=cfg.seed)
+    load_state_checked(model, load(original))
+    model = model.to(device).eval()
+    seed_everything(cfg.seed)
+    record, _ = run_one_method(name, cfg, model, data, head["retrain_metrics"], device)
+    return {"record": record.to_json(), "where": _where()}
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class SeedPlan:
+    """One seed of one setting: what is stored, what runs, what came back."""
+
+    setting: int
+    cfg: ExperimentConfig
+    path: Path
+    stored: dict | None  # the reusable stored document, if any
+    to_run: list[str]  # methods (besides Retrain) that run
+    head: dict | None = None
+    records: dict[str, dict] = field(default_factory=dict)
+    where: dict[str, dict] = field(default_factory=dict)
+    submitted: float = 0.0
+    written: dict | None = None  # the document last written to ``path``
+
+    @property
+    def label(self) -> str:
+        return f"{self.cfg.dataset} {self.cfg.forget} seed {self.cfg.seed}"
+
+    def document(self) -> dict:
+        """The seed document as far as it is known (only called once the head is in)."""
+        assert self.head is not None
+        info = {**self.head["info"], "seconds_total": time.time() - self.submitted,
+                "ray": {"cells": self.where, "retries": MAX_RETRIES}}
+        part = json_safe({"config": self.cfg.to_dict(), "original": self.head["original"],
+                          "methods": {"retrain": self.head["retrain"], **self.records}, "info": info})
+        return merge_records(self.cfg, self.stored, part)
+
+
+@dataclass
+class Cell:
+    plan: SeedPlan
+    name: str  # "original+retrain" for the prepare cell, else the method
+
+
+def _fmt_secs(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *, threads: int = 1,
+                 reuse: bool = True, quiet: bool = False, on_cell: Callable[[Cell, dict], None] | None = None,
+                 write: Callable[[str], None] | None = None) -> list[str]:
+    """Run a grid on the connected Ray cluster: ``settings`` pairs one setting's configs (one per
+    seed) with its output folder. Returns each setting's markdown table.
+
+    ``threads`` is the intra-op thread count of every cell and its CPU request. ``on_cell`` is
+    called on the driver after each finished cell has been written (a test hook; an exception
+    from it, like Ctrl-C, cancels the outstanding cells). ``write`` prints a progress line."""
+    from tqdm import tqdm
+
+    write = write or (lambda text: tqdm.write(text, file=sys.stderr))
+    plans: list[SeedPlan] = []
+    for i, (cfgs, out) in enumerate(settings):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for cfg in cfgs:
+            cfg = cfg.resolved()
+            path = out / f"seed{cfg.seed}.json"
+            stored, to_run = reusable_records(path, cfg) if reuse else (None, [])
+            if stored is None:
+                to_run = [m for m in cfg.methods if m != "retrain"]
+            plans.append(SeedPlan(i, cfg, path, stored, to_run))
+
+    pending: dict[Any, Cell] = {}
+    start = time.time()
+    for plan in plans:
+        if plan.stored is not None and not plan.to_run:
+            write(f"reusing {plan.path} (same config, every method done)")
+            continue
+        if plan.stored is not None:
+            write(f"reusing {len(plan.cfg.methods) - 1 - len(plan.to_run)} method(s) from {plan.path}; "
+                  f"running {', '.join(plan.to_run)}")
+        opts = {"num_cpus": threads, "num_gpus": gpus_per_cell(plan.cfg.device)}
+        sub = dataclasses.replace(plan.cfg, methods=("retrain", *plan.to_run),
+                                  params={k: v for k, v in plan.cfg.params.items() if k in plan.to_run})
+        cfg_dict = sub.to_dict()
+        plan.submitted = time.time()
+        head_ref, weights_ref = prepare_cell.options(**opts).remote(cfg_dict, threads)
+        pending[head_ref] = Cell(plan, "original+retrain")
+        for name in plan.to_run:
+            ref = method_cell.options(**opts).remote(cfg_dict, name, head_ref, weights_ref, threads)
+            pending[ref] = Cell(plan, name)
+
+    total = len(pending)
+    bar = tqdm(total=total, desc="cells", unit="cell", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    done = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                cell = pending.pop(ref)
+                result = _get(ref, cell)
+                plan = cell.plan
+                if cell.name == "original+retrain":
+                    plan.head = result
+                    plan.where["original+retrain"] = result["where"]
+                    detail = _prep_detail(result)
+                else:
+                    plan.records[cell.name] = result["record"]
+                    plan.where[cell.name] = result["where"]
+                    detail = _method_detail(result["record"])
+                plan.written = plan.document()
+                write_seed(plan.path, plan.written)
+                done += 1
+                bar.update(1)
+                elapsed = time.time() - start
+                eta = elapsed / done * (total - done)
+                write(f"[{done}/{total}] {plan.label} · {cell.name}: {detail} "
+                      f"on {result['where']['host']}/{result['where']['node']} · eta {_fmt_secs(eta)}")
+                if on_cell is not None:
+                    on_cell(cell, result)
+    except BaseException:
+        # Ctrl-C (or a failed cell): stop what is still queued or running; every finished cell is
+        # already in its seed file, so a rerun resumes from there.
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+
+    tables = []
+    for i, (_, out) in enumerate(settings):
+        results = []
+        for plan in (p for p in plans if p.setting == i):
+            results.append(plan.written if plan.written is not None else _restricted_stored(plan))
+        tables.append(write_tables(results, out))
+    return tables
+
+
+def _restricted_stored(plan: SeedPlan) -> dict:
+    from .bench import _restricted
+
+    return _restricted(plan.stored, plan.cfg)
+
+
+def _get(ref, cell: Cell) -> dict:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, BaseException) else None
+        if cause is not None:  # the cell's own error (e.g. NaN while training the original)
+            raise cause from None
+        raise RuntimeError(f"{cell.plan.label} · {cell.name} failed: {str(exc).splitlines()[0]}") from None
+    except ray.exceptions.RayError as exc:  # a worker lost more often than the retries allow
+        raise RuntimeError(f"{cell.plan.label} · {cell.name} failed on Ray: "
+                           f"{' '.join(str(exc).split())[:300]}") from None
+
+
+def _prep_detail(head: dict) -> str:
+    def one(rec: dict) -> str:
+        return "cached" if rec.get("cached") else f"trained {rec.get('seconds') or 0:.1f} s"
+
+    return f"original {one(head['original'])}, Retrain {one(head['retrain'])}"
+
+
+def _method_detail(rec: dict) -> str:
+    if rec.get("status") != "done":
+        return f"FAILED ({' '.join(str(rec.get('error', '')).split())[:120]})"
+    gap = rec.get("gap_to_retrain")
+    return (f"done in {rec.get('seconds') or 0:.1f} s" + (f", gap {gap:.2f}" if gap is not None else ""))
