@@ -302,3 +302,67 @@ def test_evaluate_end_to_end_writes_the_schema(tmp_path, capsys):
     assert set(doc["methods"]["retrain"]["seeds"]).isdisjoint(doc["reference"]["seeds"])
     assert "retrain" in printed and "finetune" in printed and "wrote" in printed
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*tmp"))
+
+
+# --------------------------------------------------------------------------- batched pool training
+
+
+@pytest.mark.parametrize("recipe_change", [
+    {},  # the digits recipe: Adam, no schedule, no augmentation
+    {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "augment": "crop"},
+    pytest.param({"schedule": "onecycle", "lr": 1e-2}, marks=pytest.mark.skipif(
+        not hasattr(__import__("mixunlearn.training").training.Recipe, "warmup"),
+        reason="this version's recipes have no one-cycle schedule")),
+])
+def test_batched_training_equals_sequential_training_for_the_same_seeds(small_task, recipe_change):
+    """K models trained at once as a stacked ensemble = the same K trained one at a time with the same
+    seeds: weights, BatchNorm running statistics and batch counters. In float64, so that the only
+    difference left is rounding (in float32 Adam amplifies rounding in near-zero gradients)."""
+    from mixunlearn.models import build_model
+    from mixunlearn.pools import train_supervised_batched
+    from mixunlearn.training import RECIPES, train_supervised
+
+    data, _ = small_task
+    data = data.subset(200, 50, seed=1)
+    recipe = dataclasses.replace(RECIPES["digits"], epochs=2, **recipe_change)  # the named recipe, 3 steps/epoch
+    x = data.x_train.double()
+    seeds = [3, 11, 2024]
+    seq = [train_supervised(build_model("digits_cnn", data.info, seed=s).double(), x, data.y_train, data.retain_idx,
+                            recipe, s) for s in seeds]
+    events = []
+    bat = train_supervised_batched([build_model("digits_cnn", data.info, seed=s).double() for s in seeds], x,
+                                   data.y_train, data.retain_idx, recipe, seeds, callbacks=[events.append])
+    assert len(bat) == 3 and all(not m.training for m in bat)
+    for a, b in zip(seq, bat):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb)
+        for k in sa:
+            assert sb[k].dtype == sa[k].dtype, k
+            torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-9, msg=k)
+    # the seeds matter: two members differ by far more than the tolerance
+    assert (seq[0].head.weight - seq[1].head.weight).abs().max() > 1e-3
+    assert events and events[-1].phase == "train" and events[-1].step == events[-1].total
+
+
+def test_retrained_pool_trains_in_groups_by_default_and_caches_each_member(small_task, tmp_path):
+    from mixunlearn.pools import DEFAULT_BATCH, pool_batch_size, retrained_pool
+    from mixunlearn.training import ModelCache
+
+    data, recipe = small_task
+    assert pool_batch_size("digits_cnn") == DEFAULT_BATCH > 1 and pool_batch_size("cnn2") == 1
+    with pytest.raises(ValueError, match="digits CNN only"):
+        pool_batch_size("cnn2", 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        pool_batch_size("digits_cnn", 0)
+    cache = ModelCache(tmp_path / "models")
+    events = []
+    pool = retrained_pool(data, "digits_cnn", recipe, 3, 0, cache=cache, callbacks=[events.append], batch=2,
+                          measure=lambda i, m: {"i": i, "training": m.training}, keep_models=True)
+    assert {e.source for e in events if e.phase == "train"} == {"retrain 1–2/3", "retrain 3/3"}
+    assert pool.stat("i") == [0, 1, 2] and not any(pool.stat("training")) and pool.n_cached == 0
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "models").glob("*.json")]
+    assert sorted(m["batched"] for m in metas) == [1, 2, 2]
+    again = retrained_pool(data, "digits_cnn", recipe, 3, 0, cache=cache, keep_models=True)  # default batch
+    assert again.n_cached == 3
+    for a, b in zip(pool.members, again.members):
+        assert torch.equal(a.model.head.weight, b.model.head.weight)
