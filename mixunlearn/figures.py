@@ -546,3 +546,55 @@ def figures_html(figs: Mapping[str, go.Figure], title: str = "MixUnlearn run") -
         parts.append(fig.to_html(include_plotlyjs=i == 0, full_html=False))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- strong evaluation (issue 14)
+
+
+def epsilon_histogram(eps_by_method: Mapping[str, Sequence[float]], n_models: int, *,
+                      titles: Mapping[str, str] | None = None, width: float = 0.5, top: float = 10.0,
+                      title: str | None = None) -> go.Figure:
+    """Histogram of the per-example ε over the forget examples, one bar series per method: bins of
+    ``width`` (the challenge's bucket width) from 0 to ``top``, and one last bin for ε ≥ ``top``
+    (up to the cap, 50). A dashed line marks ⌈ln(N − 1)⌉, past which an example scores 0."""
+    edges = np.arange(0.0, top + width / 2, width)
+    centres = list(edges[:-1] + width / 2) + [top + width]
+    labels = [f"[{a:g}, {b:g})" for a, b in zip(edges[:-1], edges[1:])] + [f"≥ {top:g}"]
+    fig = go.Figure()
+    for i, (name, eps) in enumerate(eps_by_method.items()):
+        e = np.asarray(list(eps), dtype=np.float64)
+        counts = [int(((e >= a) & (e < b)).sum()) for a, b in zip(edges[:-1], edges[1:])] + [int((e >= top).sum())]
+        fig.add_bar(x=centres, y=counts, name=(titles or {}).get(name, name), customdata=labels,
+                    marker_color=PALETTE[i % len(PALETTE)], width=width * 0.9 / max(1, len(eps_by_method)),
+                    hovertemplate="%{fullData.name}<br>ε in %{customdata}: %{y} examples<extra></extra>")
+    if n_models >= 3:
+        limit = math.ceil(math.log(n_models - 1))
+        fig.add_vline(x=limit, line_dash="dash", line_color="#555",
+                      annotation_text=f"ε ≥ {limit}: 0 points (N = {n_models})", annotation_position="top right")
+    ticks = list(edges[::2]) + [top + width]
+    fig.update_layout(barmode="group", xaxis_title="ε per forget example (nats)", yaxis_title="forget examples",
+                      xaxis=dict(tickvals=ticks, ticktext=[f"{t:g}" for t in edges[::2]] + ["≥ " + f"{top:g}"]),
+                      legend_title_text="method")
+    return _layout(fig, title, 380)
+
+
+def confidence_distributions(groups: Mapping[str, Sequence[float]], *, title: str | None = None,
+                             colours: Sequence[str] | None = None) -> go.Figure:
+    """One forget example's logit-scaled confidences under each pool (e.g. the retrained and the
+    unlearned models): overlaid histograms with every model as a tick underneath."""
+    fig = go.Figure()
+    colours = list(colours or (SET_COLOURS["retain"], FORGET_COLOUR, *PALETTE))
+    values = [np.asarray(list(v), dtype=np.float64) for v in groups.values()]
+    allv = np.concatenate(values) if values else np.zeros(1)
+    lo, hi = float(allv.min()), float(allv.max())
+    size = max((hi - lo) / 30, 1e-3)
+    for i, (name, v) in enumerate(zip(groups, values)):
+        c = colours[i % len(colours)]
+        fig.add_histogram(x=v, name=f"{name} (N = {len(v)})", opacity=0.55, marker_color=c,
+                          xbins=dict(start=lo - size, end=hi + size, size=size), legendgroup=name)
+        fig.add_scatter(x=v, y=[-0.3 - 0.3 * i] * len(v), mode="markers", marker=dict(symbol="line-ns-open", size=14,
+                                                                                       color=c),
+                        showlegend=False, legendgroup=name, hovertemplate="%{x:.3f}<extra>" + name + "</extra>")
+    fig.update_layout(barmode="overlay", xaxis_title="log p_y − log(1 − p_y) (logit-scaled confidence)",
+                      yaxis_title="models")
+    return _layout(fig, title, 340)

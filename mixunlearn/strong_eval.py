@@ -411,6 +411,7 @@ class StrongEvalConfig:
     download: bool = True
     depth_models: int = 3  # models per pool that get the relearn and probe checks
     relearn_cap: int = 500
+    pool_batch: int | None = None  # retrained models trained at once (None: pools.pool_batch_size's default)
 
     def resolved(self) -> StrongEvalConfig:
         """Validate every field (the shared ones through ExperimentConfig) and fill in defaults;
@@ -431,6 +432,11 @@ class StrongEvalConfig:
             _check_int(self.epochs, "epochs", 1, 500)
         _check_int(self.depth_models, "depth_models", 0, POOL_MAX)
         _check_int(self.relearn_cap, "relearn_cap", 1, 100_000)
+        if self.pool_batch is not None:
+            from .pools import pool_batch_size
+
+            _check_int(self.pool_batch, "pool_batch", 1, POOL_MAX)
+            pool_batch_size(exp.model, self.pool_batch)  # batched training applies to this model
         return dataclasses.replace(self, model=exp.model, recipe=exp.recipe, forget=exp.forget, seed=exp.seed,
                                    methods=tuple(methods), params=exp.params,
                                    depth_models=min(self.depth_models, self.pool))
@@ -467,8 +473,12 @@ def _mean(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, data=None) -> dict[str, Any]:
+def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, data=None,
+                          with_confidences: bool = False) -> dict[str, Any]:
     """Build the pools and score every method of ``cfg``; returns the evaluation.json document.
+
+    ``with_confidences`` adds ``confidences``: {"reference": [N][|D_f|], method: [N][|D_f|]}, each
+    pool's logit-scaled confidences (rounded to 1e-4; the app's per-example view).
 
     A method whose run fails with NaN/inf is recorded as failed and the others go on;
     :class:`~mixunlearn.progress.RunCancelled` raised by a callback stops everything.
@@ -518,7 +528,7 @@ def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, dat
         return fn
 
     reference = retrained_pool(data, cfg.model, recipe, cfg.pool, cfg.seed, stream="reference", cache=cache,
-                               callbacks=callbacks, measure=measure("reference"))
+                               callbacks=callbacks, measure=measure("reference"), batch=cfg.pool_batch)
     r_conf = np.stack(reference.stat("conf"))
     r_ra, r_ta = _mean(reference.stat("ra")), _mean(reference.stat("ta"))
     ref_depth = reference.members[:cfg.depth_models]
@@ -527,6 +537,7 @@ def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, dat
 
     family = original.model.family
     out_methods: dict[str, Any] = {}
+    confs: dict[str, Any] = {"reference": np.round(r_conf, 4).tolist()} if with_confidences else {}
     for name in cfg.methods:
         spec = get_method(name)
         emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"pool of {cfg.pool} for {spec.display}"))
@@ -534,7 +545,7 @@ def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, dat
         try:
             if name == "retrain":
                 pool = retrained_pool(data, cfg.model, recipe, cfg.pool, cfg.seed, stream="unlearner", cache=cache,
-                                      callbacks=callbacks, measure=measure("unlearner"))
+                                      callbacks=callbacks, measure=measure("unlearner"), batch=cfg.pool_batch)
                 mcfg: dict[str, Any] = {"recipe": dataclasses.asdict(recipe)}
             else:
                 c = make_config(name, family, cfg.params.get(name))
@@ -549,6 +560,8 @@ def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, dat
             continue
         emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
         u_conf = np.stack(pool.stat("conf"))
+        if with_confidences:
+            confs[name] = np.round(u_conf, 4).tolist()
         eps = epsilons(r_conf, u_conf)
         fq = forget_quality(eps, cfg.pool)
         u_ra, u_ta = _mean(pool.stat("ra")), _mean(pool.stat("ta"))
@@ -593,6 +606,8 @@ def run_strong_evaluation(cfg: StrongEvalConfig, callbacks=None, cache=None, dat
                  "source": "NeurIPS 2023 Machine Unlearning Challenge scoring (google-deepmind/unlearning_evaluation "
                            "metric.py, main.py); U-LiRA after Hayes et al. 2024; see docs/metrics.md"},
     }
+    if with_confidences:
+        doc["confidences"] = confs
     return json_safe(doc)
 
 
@@ -632,3 +647,425 @@ def format_table(doc: Mapping[str, Any]) -> str:
                  f"1% / 0.1% FPR; relearn = steps on D_f back to the original's accuracy - 5 pt, cap "
                  f"{doc['config']['relearn_cap']}; probe = linear-probe accuracy on forget examples, %)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- time estimate
+
+RELEARN_STEPS_ASSUMED = 10  # relearn steps counted per depth-checked model in the estimate (digits: 0-8)
+METHOD_PROBE_SECONDS = 0.6  # wall time a method's timed probe may take before it is extrapolated
+TRAIN_PROBE_STEPS = 12  # training steps timed one by one (after 3 warm-up steps)
+
+
+@dataclass
+class EvalEstimate:
+    """A time estimate of a strong evaluation before it starts, from timed probes on this machine.
+
+    ``parts``: seconds per part ("original", "reference pool", a method name, "measurements");
+    ``to_train``/``cached``: retrained models that must be trained / are in the cache already;
+    ``batch``: retrained models trained at once; ``rates``: the probe's numbers (seconds per
+    training step of one model, or of a batch of ``batch`` models, and each method's seconds per run).
+    """
+
+    seconds: float
+    parts: dict[str, float]
+    to_train: int
+    cached: int
+    batch: int
+    rates: dict[str, float]
+
+    def text(self) -> str:
+        return format_seconds(self.seconds)
+
+
+def format_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+class _ProbeStop(Exception):
+    """Ends a timed probe run (raised by the probe's own callback)."""
+
+
+_RATES: dict[str, float] = {}  # in-process cache of timed probes (keyed by what they depend on)
+
+
+def _timed_train_steps(data, model_name: str, recipe, group: int) -> float:
+    """Seconds of one training step of ``group`` models at once (1: one model; more: the stacked
+    ensemble the pools use): the median of :data:`TRAIN_PROBE_STEPS` steps timed one by one after
+    three warm-up steps (a median, so that a moment of contention on shared cores does not count)."""
+    from .models import build_model
+    from .pools import StackedDigitsCNN
+    from .training import make_optimizer
+
+    models = [build_model(model_name, data.info, seed=i).to(data.device) for i in range(group)]
+    net = models[0] if group == 1 else StackedDigitsCNN(models)
+    opt = make_optimizer(net.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    g = torch.Generator(device=data.device).manual_seed(0)
+    n = len(data.retain_idx)
+    net.train()
+    times = []
+    for i in range(3 + TRAIN_PROBE_STEPS):
+        start = time.perf_counter()
+        b = data.retain_idx[torch.randint(0, n, (group, min(recipe.batch_size, n)), generator=g, device=data.device)]
+        x, y = data.x_train[b], data.y_train[b]
+        if group == 1:
+            loss = F.cross_entropy(net(x[0]), y[0])
+        else:
+            loss = F.cross_entropy(net(x).flatten(0, 1), y.flatten(), reduction="none").view(group, -1).mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        float(loss.detach())  # waits for the device
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _timed_method_run(name: str, data, model_name: str, mcfg, device) -> float:
+    """Seconds of one run of ``name``: a run from a freshly initialised model of the task's
+    architecture, stopped after :data:`METHOD_PROBE_SECONDS` and extrapolated over its reported
+    total steps (methods report ``step``/``total`` as they go); a run that ends sooner is timed whole."""
+    from .methods import run_method
+    from .models import build_model
+
+    model = build_model(model_name, data.info, seed=0).to(device).eval()
+    seen: list[tuple[float, int, int]] = []
+    start = time.perf_counter()
+
+    def cb(ev: Any) -> None:
+        now = time.perf_counter() - start
+        if ev.total and ev.step > 0 and ev.phase not in ("cache", "pool", "start", "evaluate"):
+            if seen and ev.total != seen[-1][2]:
+                seen.clear()  # a new phase: extrapolate within the newest one
+            seen.append((now, ev.step, ev.total))
+        if now > METHOD_PROBE_SECONDS and len(seen) >= 2:
+            raise _ProbeStop
+
+    try:
+        run_method(name, model, dataclasses.replace(data, seed=1), mcfg, device=device, callbacks=[cb])
+    except _ProbeStop:
+        # the median seconds per step between successive reports (robust to a moment of contention)
+        rates = [(t2 - t1) / (s2 - s1) for (t1, s1, _), (t2, s2, _) in zip(seen, seen[1:]) if s2 > s1]
+        t_last, s_last, total = seen[-1]
+        per_step = float(np.median(rates)) if rates else t_last / s_last
+        return t_last + per_step * max(0, total - s_last)
+    return time.perf_counter() - start
+
+
+
+_DATA: dict[str, Any] = {}  # the last task an estimate loaded (a page re-estimates on every change)
+
+
+def _estimate_data(cfg: StrongEvalConfig):
+    from .data import make_split
+    from .datasets import load_dataset
+
+    key = json.dumps([cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split])
+    if key not in _DATA:
+        data = make_split(load_dataset(cfg.dataset, cfg.data_root, download=cfg.download), cfg.forget, cfg.seed,
+                          eval_split=cfg.eval_split)
+        _DATA.clear()
+        _DATA[key] = data
+    return _DATA[key]
+
+
+def estimate_evaluation(cfg: StrongEvalConfig, data=None, cache=None) -> EvalEstimate:
+    """Estimated wall seconds of :func:`run_strong_evaluation` for ``cfg`` on this machine, before
+    it starts: cached retrained models are counted as free; every other model is priced with timed
+    probes taken here and now (a few training steps of the model, batched as the pools will be; a
+    one-second start of each method's run, extrapolated over its steps; one measurement and one
+    linear probe; relearn counted at :data:`RELEARN_STEPS_ASSUMED` steps per checked model). Probes
+    are cached per process, so changing the pool size re-prices without probing again. Validates
+    ``cfg`` (ValueError). Rough: the machine's load can change the real time either way."""
+    from .methods import get_method, make_config
+    from .models import build_model
+    from .pools import pool_batch_size, pool_cache_parts, pool_seeds
+    from .training import ModelCache, cache_parts, get_recipe
+    from .utils import resolve_device
+
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    for name in cfg.methods:
+        get_method(name)
+    if data is None:
+        data = _estimate_data(cfg)
+    data = data.to(device)
+    recipe = get_recipe(cfg.recipe)
+    if cfg.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=cfg.epochs)
+    cache = cache or ModelCache()
+    group = pool_batch_size(cfg.model, cfg.pool_batch)
+    # What a rate depends on: the task and device; training steps also on the recipe but its epochs
+    # (per step), method runs not on the recipe at all. Pool size and epochs re-price without probing.
+    base = json.dumps([cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split, cfg.model, str(device)])
+    step_recipe = json.dumps(dataclasses.asdict(dataclasses.replace(recipe, epochs=0)), default=str)
+
+    def rate(what: str, fn) -> float:
+        key = base + "|" + (step_recipe + what if what.startswith("train") or what == "depth" else what)
+        if key not in _RATES:
+            _RATES[key] = float(fn())
+        return _RATES[key]
+
+    def is_cached(parts: dict) -> bool:
+        return all(p.is_file() for p in cache.paths(cache.key(parts)))
+
+    steps = recipe.epochs * -(-len(data.retain_idx) // recipe.batch_size)
+    seq_step = rate("train-1", lambda: _timed_train_steps(data, cfg.model, recipe, 1))
+    rates = {"train_step_seconds": seq_step}
+    per_model = steps * seq_step
+    if group > 1:
+        g = min(group, cfg.pool)
+        batch_step = rate(f"train-{g}", lambda: _timed_train_steps(data, cfg.model, recipe, g))
+        rates[f"train_step_seconds_x{g}"] = batch_step
+        per_model = steps * batch_step / g
+    streams = ["reference"] + (["unlearner"] if "retrain" in cfg.methods else [])
+    parts: dict[str, float] = {}
+    full_steps = recipe.epochs * -(-len(data.x_train) // recipe.batch_size)
+    orig_cached = is_cached(cache_parts("original", data, cfg.model, recipe))
+    parts["original"] = 0.0 if orig_cached else full_steps * seq_step
+    to_train = cached = 0
+    for stream in streams:
+        seeds = pool_seeds(cfg.seed, cfg.pool, stream)
+        hit = sum(is_cached(pool_cache_parts(data, cfg.model, recipe, s)) for s in seeds)
+        cached += hit
+        to_train += cfg.pool - hit
+        parts["reference pool" if stream == "reference" else "retrain"] = (cfg.pool - hit) * per_model
+    family = build_model(cfg.model, data.info).family
+    for name in cfg.methods:
+        if name == "retrain":
+            continue
+        mcfg = make_config(name, family, cfg.params.get(name))
+        settings = dataclasses.asdict(mcfg) if dataclasses.is_dataclass(mcfg) else str(mcfg)
+        what = f"method-{name}-" + json.dumps(settings, sort_keys=True, default=str)
+        per_run = rate(what, lambda n=name, c=mcfg: _timed_method_run(n, data, cfg.model, c, device))
+        rates[f"{name}_seconds_per_run"] = per_run
+        parts[name] = cfg.pool * per_run
+    ta_mask = torch.ones(len(data.x_test), dtype=torch.bool, device=data.device)
+    probe_model = build_model(cfg.model, data.info, seed=0).to(device).eval()
+
+    def timed(fn, warm_up: bool) -> float:  # a cheap call is timed after one untimed call (one-time costs)
+        if warm_up:
+            fn()
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def time_stats() -> float:
+        return timed(lambda: _model_stats(probe_model, data, ta_mask), True)
+
+    def time_depth() -> float:
+        return timed(lambda: (probe_forget_accuracy(probe_model, data, 0),
+                              relearn_steps(probe_model, data, recipe, 101.0, 0, cap=RELEARN_STEPS_ASSUMED)), False)
+
+    n_pools = 1 + len(cfg.methods)
+    stats = rate("stats", time_stats)
+    depth = rate("depth", time_depth) if cfg.depth_models else 0.0
+    parts["measurements"] = n_pools * (cfg.pool * stats + cfg.depth_models * depth)
+    rates.update(measure_seconds=stats, depth_check_seconds=depth)
+    return EvalEstimate(sum(parts.values()), parts, to_train, cached, group, rates)
+
+
+# --------------------------------------------------------------------------- the app's job and views
+
+
+def evaluation_key(cfg: StrongEvalConfig) -> str:
+    """The identity of an evaluation job: its resolved config as canonical JSON."""
+    return "strong-eval:" + json.dumps(cfg.resolved().to_dict(), sort_keys=True, default=str)
+
+
+class PoolProgress:
+    """Turns the evaluation's progress events into a few steady progress bars for the app: one
+    per pool (``"<pool> pool"``: members done / N), one for the model being trained or unlearned
+    (``"training"`` / the method's own source), and ``"overall"`` (weighted by the estimate's
+    parts when given, else by models) with the time left. Hands every event on to ``forward``."""
+
+    def __init__(self, forward, cfg: StrongEvalConfig, estimate: EvalEstimate | None = None):
+        from .progress import ProgressEvent
+
+        self._event = ProgressEvent
+        self.forward = forward
+        self.cfg = cfg.resolved()
+        n = self.cfg.pool
+        pools = ["reference pool"] + [("retrain" if m == "retrain" else m) for m in self.cfg.methods]
+        parts = estimate.parts if estimate is not None else {}
+        weights = {p: max(parts.get(p, 0.0) + (parts.get("measurements", 0.0) / len(pools)), 1e-3)
+                   if parts else 1.0 for p in pools}
+        total = sum(weights.values())
+        self.weight = {p: w / total / n for p, w in weights.items()}  # share of the work per member
+        self.done: dict[str, int] = dict.fromkeys(pools, 0)
+        self.start = time.perf_counter()
+
+    def _pool_name(self, source: str) -> str:
+        if source == "retrain":
+            return "reference pool"
+        if source == "retrain (as unlearner)":
+            return "retrain"
+        return source
+
+    def __call__(self, ev) -> None:
+        import re
+
+        if ev.phase == "pool":
+            name = self._pool_name(ev.source)
+            shown = "Retrain (as unlearner)" if name == "retrain" else name
+            self.forward(dataclasses.replace(ev, source=f"{shown} pool" if name != "reference pool" else name))
+            if name in self.done and ev.step > self.done[name]:
+                self.done[name] = ev.step
+                self._overall()
+            return
+        if re.match(r"^retrain( \(as unlearner\))? \d", ev.source) and ev.phase in ("train", "cache"):
+            self.forward(dataclasses.replace(ev, source="training", phase=f"{ev.phase} {ev.source}"))
+            return
+        self.forward(ev)
+
+    def fraction(self) -> float:
+        return min(1.0, sum(self.weight[p] * d for p, d in self.done.items()))
+
+    def _overall(self) -> None:
+        f = self.fraction()
+        elapsed = time.perf_counter() - self.start
+        left = f"about {format_seconds(elapsed * (1 - f) / f)} left" if 0 < f < 1 else ""
+        models = sum(self.done.values())
+        total = self.cfg.pool * len(self.done)
+        self.forward(self._event("overall", "models" + (f" ({left})" if left else ""), models, total,
+                                 data={"fraction": f}))
+
+
+def forget_examples(data, doc: Mapping[str, Any], per_method: int = 24) -> dict[str, Any]:
+    """The forget examples the app shows: for every method its ``per_method`` least-forgotten
+    (largest ε; ties: the larger distance between the two pools' median confidences), as
+    positions in D_f with images ([n, C, H, W], NumPy, in [0, 1]) and labels of those positions."""
+    chosen: dict[str, list[int]] = {}
+    for name in doc.get("methods", {}):
+        chosen[name] = least_forgotten(doc, name, per_method)
+    keep = sorted({j for v in chosen.values() for j in v})
+    idx = data.forget_idx[torch.as_tensor(keep, dtype=torch.long, device=data.forget_idx.device)]
+    images = data.x_train[idx].detach().cpu().numpy() if keep else np.zeros((0,))
+    labels = data.y_train[idx].detach().cpu().tolist() if keep and data.y_train is not None else []
+    return {"positions": keep, "train_index": idx.detach().cpu().tolist(), "images": images, "labels": labels,
+            "least_forgotten": chosen}
+
+
+def least_forgotten(doc: Mapping[str, Any], method: str, k: int = 24) -> list[int]:
+    """Positions in D_f of ``method``'s ``k`` least-forgotten examples: the largest ε first; ties
+    broken by the distance between the medians of the example's confidences under the two pools
+    (when the document holds them), then by position."""
+    rec = doc["methods"][method]
+    eps = np.asarray(rec.get("eps_per_example") or [], dtype=np.float64)
+    if len(eps) == 0:
+        return []
+    confs = doc.get("confidences") or {}
+    if method in confs and "reference" in confs:
+        gap = np.abs(np.median(np.asarray(confs[method]), 0) - np.median(np.asarray(confs["reference"]), 0))
+    else:
+        gap = np.zeros_like(eps)
+    order = np.lexsort((np.arange(len(eps)), -gap, -eps))
+    return [int(j) for j in order[:k]]
+
+
+def score_rows(doc: Mapping[str, Any], display: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The per-method score table (the reference pool last): one dict per row, keys as shown."""
+    display = display or {}
+    rows = []
+    for name, rec in doc.get("methods", {}).items():
+        title = "Retrain (other seeds)" if name == "retrain" else display.get(name, name)
+        if rec.get("status") == "failed":
+            rows.append({"method": title, "status": f"failed: {rec.get('error', '')}"})
+            continue
+        rows.append({"method": title, "status": "done", "score": rec.get("score"),
+                     "forget quality": rec.get("forget_quality"), "mean ε": rec.get("eps_mean"),
+                     "U-LiRA TPR @1% FPR": rec.get("ulira_tpr_at_1pct_fpr"),
+                     "U-LiRA TPR @0.1% FPR": rec.get("ulira_tpr_at_0.1pct_fpr"),
+                     "RA": rec.get("ra"), "TA": rec.get("ta"), "Acc(D_f)": rec.get("forget_acc"),
+                     "seconds": rec.get("seconds")})
+    return rows
+
+
+def depth_rows(doc: Mapping[str, Any], display: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Relearn and linear-probe results, the reference pool (Retrain) first."""
+    display = display or {}
+    ref = doc.get("reference", {})
+    rows = [{"model": "Retrain (reference pool)", "relearn steps": ref.get("relearn_steps"), "relearn vs Retrain": 1.0,
+             "runs at the cap": ref.get("relearn_capped"), "probe acc on forget (%)": ref.get("probe_forget_acc")}]
+    for name, rec in doc.get("methods", {}).items():
+        if rec.get("status") == "failed":
+            continue
+        rows.append({"model": "Retrain (other seeds)" if name == "retrain" else display.get(name, name),
+                     "relearn steps": rec.get("relearn_steps"), "relearn vs Retrain": rec.get("relearn_vs_retrain"),
+                     "runs at the cap": rec.get("relearn_capped"),
+                     "probe acc on forget (%)": rec.get("probe_forget_acc")})
+    return rows
+
+
+# One line per column of the app's tables; the full definitions are docs/metrics.md §2 (METRIC_SECTIONS).
+METRIC_HELP = {
+    "score": "forget quality × RA_u/RA_r × TA_u/TA_r (the NeurIPS 2023 challenge's final score)",
+    "forget quality": "mean over forget examples of the ε bucket points 1, ½, ¼, … (0 past ⌈ln(N−1)⌉)",
+    "mean ε": "mean per-example ε: how well the best threshold test tells the unlearned from the retrained "
+              "models on that example (0 = indistinguishable, 50 = the cap)",
+    "U-LiRA TPR @1% FPR": "U-LiRA-style attack: % of (unlearned model, example) pairs caught at 1 % false positives",
+    "U-LiRA TPR @0.1% FPR": "the same at 0.1 % false positives",
+    "RA": "mean accuracy on D_r over the pool (%)",
+    "TA": "mean test accuracy over the pool (%; retained classes only for class-level forgetting)",
+    "Acc(D_f)": "mean accuracy on D_f over the pool (%)",
+    "relearn steps": "fine-tuning steps on D_f until its accuracy is back within 5 points of the original's",
+    "probe acc on forget (%)": "linear probe on frozen penultimate features, accuracy on the forget examples",
+}
+
+# The sections of docs/metrics.md that define each metric of the page (by heading prefix).
+METRIC_SECTIONS = {"pools": "### 2.1", "score": "### 2.2", "ulira": "### 2.3", "relearn": "### 2.4",
+                   "probe": "### 2.5"}
+
+
+def markdown_sections(text: str, prefixes: Mapping[str, str]) -> dict[str, str]:
+    """The sections of a Markdown text whose heading starts with each prefix (heading included, up to
+    the next heading of the same or a higher level); a missing section is an empty string."""
+    lines = text.splitlines()
+    out = {}
+    for key, prefix in prefixes.items():
+        start = next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
+        if start is None:
+            out[key] = ""
+            continue
+        level = len(prefix.split()[0])
+
+        def heading_level(line: str) -> int:
+            mark = line.split()[0] if line.strip() else ""
+            return len(mark) if mark and set(mark) == {"#"} else 0
+
+        end = next((i for i in range(start + 1, len(lines)) if 0 < heading_level(lines[i]) <= level), len(lines))
+        out[key] = "\n".join(lines[start:end]).strip()
+    return out
+
+
+def evaluation_job(cfg: StrongEvalConfig, *, cache=None, estimate: EvalEstimate | None = None,
+                   examples_per_method: int = 24):
+    """A job function (see :mod:`mixunlearn.jobs`) running :func:`run_strong_evaluation` with the
+    confidences kept and :class:`PoolProgress` bars; returns {"doc", "examples", "class_names",
+    "display"}. Cancel works through the job's callback (RunCancelled at the next event)."""
+
+    def run(job) -> dict[str, Any]:
+        from .data import make_split
+        from .datasets import get_info, load_dataset
+        from .methods import get_method
+        from .utils import resolve_device
+
+        resolved = cfg.resolved()
+        job.say(f"loading {resolved.dataset}")
+        data = make_split(load_dataset(resolved.dataset, resolved.data_root, download=resolved.download),
+                          resolved.forget, resolved.seed, eval_split=resolved.eval_split)
+        data = data.to(resolve_device(resolved.device))
+        progress = PoolProgress(job.callback, resolved, estimate)
+        doc = run_strong_evaluation(resolved, callbacks=[progress], cache=cache, data=data, with_confidences=True)
+        job.raise_if_cancelled()
+        job.say("picking the least-forgotten examples")
+        examples = forget_examples(data, doc, examples_per_method)
+        display = {m: get_method(m).display for m in resolved.methods}
+        job.say("done")
+        return {"doc": doc, "examples": examples, "class_names": list(get_info(resolved.dataset).class_names),
+                "display": display}
+
+    return run
