@@ -100,6 +100,7 @@ def main() -> None:
     nav = [st.Page(home, title="Home", icon=widgets.PAGES["home"][2], default=True, url_path="home")]
     nav += [st.Page(path, title=title, icon=icon) for key, (path, title, icon) in widgets.PAGES.items()
             if key != "home"]
+    nav.append(st.Page("views/8_Strong_evaluation.py", title="Strong evaluation", icon=":material/verified:"))
     page = st.navigation(nav)
     widgets.HOME_PAGE = nav[0]
     # Every page needs the home folder (model cache, run store) except the Learn page's toy: when it
