@@ -672,6 +672,8 @@ class EvalEstimate:
     cached: int
     batch: int
     rates: dict[str, float]
+    load: float | None = None  # the 1-minute load average when the probes ran (None: unknown)
+    cores: int = 1
 
     def text(self) -> str:
         return format_seconds(self.seconds)
@@ -692,36 +694,41 @@ class _ProbeStop(Exception):
 _RATES: dict[str, float] = {}  # in-process cache of timed probes (keyed by what they depend on)
 
 
-def _timed_train_steps(data, model_name: str, recipe, group: int) -> float:
-    """Seconds of one training step of ``group`` models at once (1: one model; more: the stacked
-    ensemble the pools use): the median of :data:`TRAIN_PROBE_STEPS` steps timed one by one after
-    three warm-up steps (a median, so that a moment of contention on shared cores does not count)."""
+def _timed_train_steps(data, model_name: str, recipe, group: int) -> tuple[float, float]:
+    """(seconds of one training step of one model, of ``group`` models at once as the stacked
+    ensemble the pools use): medians of :data:`TRAIN_PROBE_STEPS` steps each, timed one by one and
+    interleaved (one model, then the group, ...) after three warm-up steps, so both see the same
+    load; a median, so that a moment of contention on shared cores does not count."""
     from .models import build_model
     from .pools import StackedDigitsCNN
     from .training import make_optimizer
 
-    models = [build_model(model_name, data.info, seed=i).to(data.device) for i in range(group)]
-    net = models[0] if group == 1 else StackedDigitsCNN(models)
-    opt = make_optimizer(net.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
-    g = torch.Generator(device=data.device).manual_seed(0)
     n = len(data.retain_idx)
-    net.train()
-    times = []
+    g = torch.Generator(device=data.device).manual_seed(0)
+    nets = []
+    for k in sorted({1, group}):
+        models = [build_model(model_name, data.info, seed=i).to(data.device) for i in range(k)]
+        net = models[0] if k == 1 else StackedDigitsCNN(models)
+        net.train()
+        nets.append((k, net, make_optimizer(net.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay,
+                                            recipe.momentum)))
+    times: dict[int, list[float]] = {k: [] for k, _, _ in nets}
     for i in range(3 + TRAIN_PROBE_STEPS):
-        start = time.perf_counter()
-        b = data.retain_idx[torch.randint(0, n, (group, min(recipe.batch_size, n)), generator=g, device=data.device)]
-        x, y = data.x_train[b], data.y_train[b]
-        if group == 1:
-            loss = F.cross_entropy(net(x[0]), y[0])
-        else:
-            loss = F.cross_entropy(net(x).flatten(0, 1), y.flatten(), reduction="none").view(group, -1).mean(1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        float(loss.detach())  # waits for the device
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for k, net, opt in nets:
+            start = time.perf_counter()
+            b = data.retain_idx[torch.randint(0, n, (k, min(recipe.batch_size, n)), generator=g, device=data.device)]
+            x, y = data.x_train[b], data.y_train[b]
+            if k == 1:
+                loss = F.cross_entropy(net(x[0]), y[0])
+            else:
+                loss = F.cross_entropy(net(x).flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            float(loss.detach())  # waits for the device
+            if i >= 3:
+                times[k].append(time.perf_counter() - start)
+    return float(np.median(times[1])), float(np.median(times[group]))
 
 
 def _timed_method_run(name: str, data, model_name: str, mcfg, device) -> float:
@@ -803,8 +810,11 @@ def estimate_evaluation(cfg: StrongEvalConfig, data=None, cache=None) -> EvalEst
     base = json.dumps([cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split, cfg.model, str(device)])
     step_recipe = json.dumps(dataclasses.asdict(dataclasses.replace(recipe, epochs=0)), default=str)
 
+    def rkey(what: str) -> str:
+        return base + "|" + (step_recipe + what if what.startswith("train") or what == "depth" else what)
+
     def rate(what: str, fn) -> float:
-        key = base + "|" + (step_recipe + what if what.startswith("train") or what == "depth" else what)
+        key = rkey(what)
         if key not in _RATES:
             _RATES[key] = float(fn())
         return _RATES[key]
@@ -813,12 +823,19 @@ def estimate_evaluation(cfg: StrongEvalConfig, data=None, cache=None) -> EvalEst
         return all(p.is_file() for p in cache.paths(cache.key(parts)))
 
     steps = recipe.epochs * -(-len(data.retain_idx) // recipe.batch_size)
-    seq_step = rate("train-1", lambda: _timed_train_steps(data, cfg.model, recipe, 1))
+    g = min(group, cfg.pool)
+    if rkey("train-1") not in _RATES or rkey(f"train-x{g}") not in _RATES:
+        # one interleaved probe prices one model and a group of g under the same load
+        _RATES[rkey("train-1")], _RATES[rkey(f"train-x{g}")] = _timed_train_steps(data, cfg.model, recipe, g)
+        try:
+            _RATES[rkey("load")] = os.getloadavg()[0]  # the load the probes ran under
+        except (AttributeError, OSError):  # not on every platform
+            pass
+    seq_step = _RATES[rkey("train-1")]
     rates = {"train_step_seconds": seq_step}
     per_model = steps * seq_step
-    if group > 1:
-        g = min(group, cfg.pool)
-        batch_step = rate(f"train-{g}", lambda: _timed_train_steps(data, cfg.model, recipe, g))
+    if g > 1:
+        batch_step = _RATES[rkey(f"train-x{g}")]
         rates[f"train_step_seconds_x{g}"] = batch_step
         per_model = steps * batch_step / g
     streams = ["reference"] + (["unlearner"] if "retrain" in cfg.methods else [])
@@ -865,7 +882,8 @@ def estimate_evaluation(cfg: StrongEvalConfig, data=None, cache=None) -> EvalEst
     depth = rate("depth", time_depth) if cfg.depth_models else 0.0
     parts["measurements"] = n_pools * (cfg.pool * stats + cfg.depth_models * depth)
     rates.update(measure_seconds=stats, depth_check_seconds=depth)
-    return EvalEstimate(sum(parts.values()), parts, to_train, cached, group, rates)
+    return EvalEstimate(sum(parts.values()), parts, to_train, cached, group, rates, _RATES.get(rkey("load")),
+                        os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- the app's job and views

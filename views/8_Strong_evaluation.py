@@ -57,8 +57,9 @@ with widgets.guarded("the settings"):
             st.info(f"Estimated time: **about {est.text()}** on this machine ({parts}). {est.to_train} retrained "
                     f"models to train ({est.cached} in the cache already)"
                     + (f", {est.batch} at a time" if est.batch > 1 else "")
-                    + ". From a few steps timed just now; the machine's load can change it either way.",
-                    icon=":material/timer:")
+                    + ". From a few steps timed on this machine"
+                    + (f" at a load average of {est.load:.1f} on {est.cores} cores" if est.load is not None else "")
+                    + "; other work on the machine can change it either way.", icon=":material/timer:")
         elif note:
             st.caption(note)
     busy = sev.running()
