@@ -49,7 +49,7 @@ def run_all(specs: list[str], seeds: list[int], out: Path, cache: ModelCache, de
                 continue
             t0 = time.time()
             res = run_experiment(ExperimentConfig(dataset="digits", forget=spec, methods=METHODS, seed=seed,
-                                                  device=device), cache=cache).to_json()
+                                                  recipe="digits", device=device), cache=cache).to_json()
             res["load_avg"] = os.getloadavg()
             path.write_text(json.dumps(res, indent=1))
             results.append(res)

@@ -42,7 +42,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = ExperimentConfig(dataset="digits", forget="class:3", methods=("retrain", "mixunlearn"), seed=0,
-                           device=args.device).resolved()
+                           recipe="digits", device=args.device).resolved()
     cache = ModelCache()
     data = prepare_data(cfg, resolve_device(cfg.device))
     for kind in ("original", "retrain"):  # outside the timings: the playground never trains a cached model

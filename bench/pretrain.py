@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixunlearn.experiment import ExperimentConfig, prepare_data  # noqa: E402
 from mixunlearn.progress import ProgressEvent  # noqa: E402
-from mixunlearn.training import ModelCache, get_recipe, get_trained  # noqa: E402
+from mixunlearn.training import TABLE_RECIPE, ModelCache, get_recipe, get_trained  # noqa: E402
 from mixunlearn.utils import resolve_device  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--forget", nargs="+", default=["class:0", "data:5-9:0.4"])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--eval-split", nargs="+", default=["test"], choices=["test", "val"])
-    p.add_argument("--recipe", default=None)
+    p.add_argument("--recipe", default=None, help="default: the tables' recipe of the dataset (TABLE_RECIPE)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     cache = ModelCache()
@@ -40,7 +40,8 @@ def main() -> int:
     for split in args.eval_split:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for spec in args.forget:
-                cfg = ExperimentConfig(dataset=args.dataset, forget=spec, seed=seed, recipe=args.recipe,
+                cfg = ExperimentConfig(dataset=args.dataset, forget=spec, seed=seed,
+                                       recipe=args.recipe or TABLE_RECIPE.get(args.dataset),
                                        device=args.device, eval_split=split, methods=("retrain",)).resolved()
                 data = prepare_data(cfg, resolve_device(cfg.device))
                 recipe = get_recipe(cfg.recipe)

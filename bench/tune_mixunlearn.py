@@ -35,7 +35,7 @@ from mixunlearn.experiment import ExperimentConfig, prepare_data  # noqa: E402
 from mixunlearn.methods import make_config, run_method  # noqa: E402
 from mixunlearn.metrics import evaluate, gap_to_retrain  # noqa: E402
 from mixunlearn.progress import NonFiniteLossError  # noqa: E402
-from mixunlearn.training import ModelCache, get_recipe, get_trained  # noqa: E402
+from mixunlearn.training import TABLE_RECIPE, ModelCache, get_recipe, get_trained  # noqa: E402
 from mixunlearn.utils import resolve_device  # noqa: E402
 
 FAMILIES = {
@@ -80,8 +80,9 @@ def load_setting(dataset: str, spec: str, seed: int, device, allow_train: bool, 
                  cache: ModelCache | None = None):
     """(data, original, retrain) of one setting. Models come from ``cache`` (default: the default
     model cache); missing digits models are trained, others only with ``allow_train``."""
+    # The tables' recipe (LAF's for Fashion-MNIST, "digits" for digits), not the interactive fast default.
     cfg = ExperimentConfig(dataset=dataset, forget=spec, seed=seed, eval_split=eval_split, methods=("retrain",),
-                           device=str(device)).resolved()
+                           recipe=TABLE_RECIPE.get(dataset), device=str(device)).resolved()
     data = prepare_data(cfg, device)
     recipe = get_recipe(cfg.recipe)
     cache = cache or ModelCache()

@@ -15,7 +15,7 @@ from .methods import config_to_dict, make_config
 from .metrics import ALL_METRICS, gap_to_retrain, mean_std
 from .models import MODELS
 from .progress import Callback, ProgressEvent
-from .training import get_recipe
+from .training import budget_profile, get_recipe
 from .utils import atomic_write_text
 
 
@@ -80,7 +80,7 @@ def _as_json(obj) -> object:
 
 def _method_config(name: str, cfg: ExperimentConfig, family: str) -> dict:
     if name == "retrain":
-        return _as_json({"recipe": dataclasses.asdict(get_recipe(cfg.recipe))})
+        return _as_json({"recipe": get_recipe(cfg.recipe).to_dict()})
     return _as_json(config_to_dict(make_config(name, family, cfg.params.get(name, {}))))
 
 
@@ -102,7 +102,7 @@ def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, li
     same = lambda d: {k: v for k, v in d.items() if k not in ("methods", "params")}  # noqa: E731
     if same(res["config"]) != same(_as_json(cfg.to_dict())):
         return None, wanted
-    family = MODELS[cfg.model].builder.family
+    family = budget_profile(MODELS[cfg.model].builder.family, cfg.recipe)
     methods = res["methods"]
 
     def done(name: str) -> bool:

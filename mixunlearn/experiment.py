@@ -24,7 +24,7 @@ from .methods import config_to_dict, get_method, make_config, run_method
 from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
 from .progress import Callback, NonFiniteLossError, ProgressEvent, emit
-from .training import ModelCache, get_recipe, get_trained
+from .training import ModelCache, budget_profile, get_recipe, get_trained
 from .utils import atomic_write_text, check_seed, device_name, resolve_device, seed_everything
 
 
@@ -64,7 +64,7 @@ class ExperimentConfig:
         methods = [m.strip() for m in raw if m.strip()]
         if not methods:
             raise ValueError("no method given; pass at least one, e.g. --methods retrain,mixunlearn")
-        family = MODELS[model].builder.family
+        family = budget_profile(MODELS[model].builder.family, recipe)
         for m in methods:
             ms = get_method(m)
             if spec.kind not in ms.kinds:
@@ -231,7 +231,7 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
     emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
     retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
     retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
-                               config={"recipe": dataclasses.asdict(recipe)}, cached=oracle.cached)
+                               config={"recipe": recipe.to_dict()}, cached=oracle.cached)
     if cfg.attacks:
         retrain_rec.gap_to_retrain = 0.0
         orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, data.spec.level)

@@ -41,7 +41,7 @@ from .methods.mixunlearn import generator_health, health_curves
 from .metrics import evaluate, gap_to_retrain, metric_set
 from .models import MODELS
 from .progress import Callback, ProgressEvent, emit
-from .training import ModelCache, cache_parts, get_recipe, get_trained
+from .training import ModelCache, budget_profile, cache_parts, get_recipe, get_trained
 from .utils import resolve_device, seed_everything
 
 PLAYGROUND_METHODS = ("mixunlearn", "mixunlearn_agnostic")
@@ -82,7 +82,7 @@ def check_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | None =
     kind = parse_forget_spec(resolved.forget).kind
     if kind not in spec.kinds:
         raise ValueError(f"{spec.display} does not support {kind}-level forgetting")
-    family = MODELS[resolved.model].builder.family
+    family = budget_profile(MODELS[resolved.model].builder.family, resolved.recipe)
     if base is None:
         base = (cfg.params or {}).get(method, {})
     known = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -164,7 +164,8 @@ def load_context(cfg: ExperimentConfig, *, cache: ModelCache | None = None, call
     retrain = get_trained("retrain", data, resolved.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("playground", "evaluate", 0, 1, message="scoring Retrain"))
     retrain_metrics = evaluate(retrain.model, data, resolved.seed, attacks=False)
-    ctx = PlaygroundContext(resolved, data, original.model, retrain.model, original.model.family, retrain_metrics,
+    profile = budget_profile(original.model.family, recipe)
+    ctx = PlaygroundContext(resolved, data, original.model, retrain.model, profile, retrain_metrics,
                             time.perf_counter() - start, missing)
     with _CONTEXTS_LOCK:
         _CONTEXTS[key] = ctx
@@ -334,7 +335,7 @@ def save_as_run(result: PlaygroundResult, store, *, label: str = "playground") -
     original = MethodRecord("original", "Original", "aware", "done", orig_metrics, 0.0, cached=True,
                             gap_to_retrain=gap_to_retrain(orig_metrics, result.retrain_metrics, result.level))
     retrain = MethodRecord("retrain", "Retrain", "aware", "done", dict(result.retrain_metrics), 0.0, 0.0,
-                           config={"recipe": dataclasses.asdict(get_recipe(cfg.recipe))}, cached=True)
+                           config={"recipe": get_recipe(cfg.recipe).to_dict()}, cached=True)
     extras = {"snapshots": result.snapshots, "history": result.history, "health": result.health,
               "generator_updates": result.generator_updates}
     mine = MethodRecord(result.method, spec.display, spec.labels, "done", dict(result.metrics), result.seconds,

@@ -43,7 +43,9 @@ def param(default: Any, help: str, *, min: float | None = None, max: float | Non
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method config. ``FAMILY_DEFAULTS`` maps a model family ("digits", "cnn",
-    "resnet") to field overrides, e.g. a smaller learning rate for ResNet-18."""
+    "resnet") to field overrides, e.g. a smaller learning rate for ResNet-18. A key
+    ``family:budget`` (e.g. "cnn:fast") holds further overrides for originals trained with a recipe
+    of that budget profile (training.budget_profile), applied on top of the family's."""
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -223,10 +225,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def make_config(name: str, family: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The config of method ``name``: class defaults, then the model family's defaults, then
-    ``overrides``."""
+    """The config of method ``name``: class defaults, then the model family's defaults, then those
+    of the budget profile when ``family`` is ``family:budget``, then ``overrides``."""
     spec = get_method(name)
-    base = dict(spec.config_cls.FAMILY_DEFAULTS.get(family, {})) if family else {}
+    table = spec.config_cls.FAMILY_DEFAULTS
+    base: dict[str, Any] = {}
+    if family:
+        base.update(table.get(family.split(":", 1)[0], {}))
+        if ":" in family:
+            base.update(table.get(family, {}))
     base.update(overrides or {})
     return config_from_dict(spec.config_cls, base)
 

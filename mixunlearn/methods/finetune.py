@@ -21,7 +21,9 @@ class FinetuneConfig(MethodConfig):
     augment: bool = param(False, "use the original training's augmentation")
 
     FAMILY_DEFAULTS = {"resnet": {"lr": 0.01, "epochs": 10, "batch_size": 256, "weight_decay": 5e-4,
-                                  "augment": True}}
+                                  "augment": True},
+                       # Fast recipe (cnn_fast): one pass over D_r at batch 256 (Fashion-MNIST validation split).
+                       "cnn:fast": {"epochs": 1, "batch_size": 256, "lr": 0.02}}
 
 
 @register_method(

@@ -130,6 +130,9 @@ class MixUnlearnConfig(MethodConfig):
         # digits: the generator settings of validation rounds r1-r3 (docs/mixunlearn.md, "The generator").
         "digits": {"epochs": 10, "snapshot_every": 1, "alpha": 2.0, "lr_generator": 3e-2},
         "cnn": {"lr": 1e-4, "epochs": 5, "snapshot_every": 10},
+        # The fast recipe's originals (recipe cnn_fast, budget "fast"): one pass over D_f, chosen on the
+        # Fashion-MNIST validation split (docs/benchmarks.md, "Fast recipes"); snapshots every 4 updates.
+        "cnn:fast": {"epochs": 1, "snapshot_every": 4},
         "resnet": {"lr": 5e-5, "epochs": 5, "snapshot_every": 10},
     }
 
