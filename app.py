@@ -58,17 +58,20 @@ def home() -> None:
             f"Digits (8×8, ships with scikit-learn, works offline), forget class {jobs.DEMO_FORGET.split(':')[1]}, "
             f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.demo_methods())}**. It trains the original model "
             "and Retrain, unlearns, scores everything against Retrain and prepares every page. The first run trains "
-            "the two small models and takes one to two minutes on a CPU; later runs reuse them."
+            "the two small models (fast recipe); later runs reuse them."
         )
         running = actions.experiment_running()
         if "mixunlearn" not in jobs.demo_methods():
             st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
                        "baselines only.")
+        demo = jobs.demo_config(state.setup().get("device", "auto"))
+        est = actions.estimate(demo, projections=len(demo.methods) + 1)
         if st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:", type="primary",
                      disabled=running, help="Runs in the background; you can move between pages while it runs."):
-            job = actions.start_experiment(jobs.demo_config(state.setup().get("device", "auto")), "Default demo")
+            job = actions.start_experiment(demo, "Default demo", estimate_s=est.seconds if est else None)
             if job is not None:
                 st.rerun()
+        actions.estimate_caption(est, "demo")
         # Progress bars only: the live curves are on the Unlearn page (redrawing them every second costs CPU).
         job = show_job(state.K_EXPERIMENT_JOB, curves=False, on_done=actions.select_finished_run)
         if job is not None and job.view(with_history=False).state == jobs.DONE:

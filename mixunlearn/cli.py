@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--seed", type=_seed_arg, default=0)
     run.add_argument("--store", action="store_true", help="also save the run in the run store")
+    run.add_argument("--estimate-only", action="store_true",
+                     help="print the estimated duration per phase (a short timed probe) and stop")
 
     # "resolve": the grid form takes --dataset and --forget more than once (they replace task()'s).
     bench = sub.add_parser("bench", help="seeds x methods grid -> OUT/table.csv and OUT/table.md",
@@ -218,18 +220,20 @@ def cmd_list() -> int:
     from .datasets import DATASETS, is_available
     from .methods import list_methods
     from .models import MODELS
-    from .training import DEFAULT_RECIPE, RECIPES
+    from .training import DEFAULT_RECIPE, RECIPES, TABLE_RECIPE
 
     print("Datasets:")
     for name, info in DATASETS.items():
         avail = "available" if is_available(name) else "files not found (see --data-root)"
-        print(f"  {name:<14} {info.title}; model {info.default_model}, recipe {DEFAULT_RECIPE[name]}; {avail}")
+        print(f"  {name:<14} {info.title}; model {info.default_model}, recipe {DEFAULT_RECIPE[name]} "
+              f"(tables: {TABLE_RECIPE[name]}); {avail}")
     print("Models:")
     for name, entry in MODELS.items():
         print(f"  {name:<14} {entry.summary}")
     print("Recipes:")
     for name, r in RECIPES.items():
-        print(f"  {name:<14} {r.description}")
+        tag = " [a reference recipe from the literature; slow on a CPU]" if r.paper else ""
+        print(f"  {name:<14} {r.description}{tag}")
     print("Methods:")
     for m in sorted(list_methods(), key=lambda s: (s.name != "retrain", s.name)):
         kinds = "" if len(m.kinds) == 3 else f" [{'/'.join(m.kinds)} only]"
@@ -303,6 +307,7 @@ def _check_data(cfgs) -> None:
 
 
 def cmd_run(args) -> int:
+    from .estimate import estimate_experiment
     from .experiment import prepare_data, run_experiment
     from .store import RunStore
     from .utils import check_home, check_writable_dir, resolve_device
@@ -317,6 +322,10 @@ def cmd_run(args) -> int:
         store.recover()  # runs left "running" by a process that is gone (kill -9) become interrupted
     # The data and the split are ready before any progress line (one error line when they are not).
     data = prepare_data(cfg, resolve_device(cfg.device))
+    est = estimate_experiment(cfg, sizes=(len(data.x_train), len(data.forget_idx), len(data.x_test)))
+    print(f"[estimate] {est.text()}", file=sys.stderr, flush=True)
+    if args.estimate_only:
+        return 0
     progress = TqdmProgress(enabled=not args.quiet)
     run_id = store.begin(cfg.to_dict()) if store else None
     try:

@@ -114,6 +114,28 @@ def _scalar(v: Any) -> float | int | str | bool | None:
     return None
 
 
+def _as_seconds(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and 0 < v < float("inf") else None
+
+
+def eta_seconds(summary: dict[str, Any]) -> float | None:
+    """Seconds left in a source's phase at its rate since the phase began: None before two reports
+    of the phase (no rate yet) or without a known total; 0 once the phase's last step is reported."""
+    total, step, step0 = summary.get("total") or 0, summary.get("step", 0), summary.get("phase_step0", 0)
+    if not total:
+        return None
+    if step >= total:
+        return 0.0
+    spent = summary["time"] - summary["phase_start"]
+    if step <= step0 or spent <= 0:
+        return None
+    return spent * (total - step) / (step - step0)
+
+
 class ProgressBuffer:
     """Thread-safe record of a job's progress events, bounded in memory.
 
@@ -148,6 +170,14 @@ class ProgressBuffer:
             self.version += 1
             if event.source not in self._latest:
                 self._order.append(event.source)
+            # ETA of the source's current phase: the rate since the phase's first report.
+            prev = self._latest.get(event.source)
+            if prev is None or prev["phase"] != summary["phase"] or prev["total"] != summary["total"] \
+                    or summary["step"] < prev["step"]:
+                summary["phase_start"], summary["phase_step0"] = summary["time"], summary["step"]
+            else:
+                summary["phase_start"], summary["phase_step0"] = prev["phase_start"], prev["phase_step0"]
+            summary["eta"] = eta_seconds(summary)
             self._latest[event.source] = summary
             if event.losses or probe:
                 point = {"step": int(event.step), **summary["losses"]}
@@ -264,6 +294,7 @@ class JobView:
     messages: list[tuple[float, str, str]] = field(default_factory=list)
     version: int = 0
     cancellable: bool = True  # False once the job is final or past its point of no return
+    estimate_s: float | None = None  # the duration estimated before the start (mixunlearn.estimate), if any
 
     @property
     def final(self) -> bool:
@@ -383,7 +414,7 @@ class Job:
         return JobView(self.id, self.label, self.kind, state, self.gpu, self.created, started, finished,
                        self.message, self.error, self.run_id, self.progress.latest(),
                        self.progress.history() if with_history else {}, self.progress.messages(20),
-                       self.progress.version, cancellable)
+                       self.progress.version, cancellable, _as_seconds(self.meta.get("estimate_s")))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is final; True when it is."""

@@ -401,3 +401,25 @@ def test_cancelled_or_failed_experiment_leaves_no_complete_run(tmp_path, session
     assert failing.wait(60) and failing.state == FAILED
     assert "cifar10" in failing.error.lower() and "Traceback" not in failing.error
     assert store.list_runs("complete") == []
+
+
+def test_eta_from_the_phase_rate(monkeypatch):
+    """ETA = time spent in the phase × steps left / steps done in it; none before a rate exists;
+    a new phase (or a restart of the step count) starts a new clock."""
+    import types
+
+    from mixunlearn.jobs import ProgressBuffer
+
+    clock = iter([100.0, 110.0, 130.0, 131.0, 135.0])
+    monkeypatch.setattr(jobs, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    buf = ProgressBuffer()
+    buf.record(ProgressEvent("retrain", "train", 10, 110))
+    assert buf.latest()["retrain"]["eta"] is None  # one report: no rate yet
+    buf.record(ProgressEvent("retrain", "train", 20, 110))  # 10 steps in 10 s, 90 left
+    assert buf.latest()["retrain"]["eta"] == pytest.approx(90.0)
+    buf.record(ProgressEvent("retrain", "train", 30, 110))  # 20 steps in 30 s, 80 left
+    assert buf.latest()["retrain"]["eta"] == pytest.approx(120.0)
+    buf.record(ProgressEvent("retrain", "evaluate", 0, 1))  # new phase: no rate
+    assert buf.latest()["retrain"]["eta"] is None
+    buf.record(ProgressEvent("retrain", "evaluate", 1, 1))  # last step reported
+    assert buf.latest()["retrain"]["eta"] == 0.0

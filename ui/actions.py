@@ -57,7 +57,7 @@ def experiment_running() -> bool:
     return job is not None and job.view(with_history=False).active
 
 
-def start_experiment(cfg: ExperimentConfig, label: str) -> jobs.Job | None:
+def start_experiment(cfg: ExperimentConfig, label: str, estimate_s: float | None = None) -> jobs.Job | None:
     """Validate ``cfg`` and submit it as this session's experiment job; on a bad input show an
     error and return None."""
     if experiment_running():
@@ -83,7 +83,8 @@ def start_experiment(cfg: ExperimentConfig, label: str) -> jobs.Job | None:
     job, new = state.runner().submit_once(jobs.experiment_key(resolved), jobs.experiment_job(resolved, store=store,
                                                                                             label=label),
                                           label=label, kind="experiment", device=resolved.device,
-                                          meta={"config": resolved.to_dict()})
+                                          meta={"config": resolved.to_dict(),
+                                                **({"estimate_s": estimate_s} if estimate_s else {})})
     state.remember_job(state.K_EXPERIMENT_JOB, job)
     if not new:
         state.notice(state.K_EXPERIMENT_JOB, f"The same run is already in progress ('{job.label}', started from "
@@ -99,7 +100,7 @@ def select_finished_run(job: jobs.Job) -> None:
         st.session_state[state.K_RUN] = result["run_id"]
 
 
-def start_models(cfg: ExperimentConfig) -> jobs.Job | None:
+def start_models(cfg: ExperimentConfig, estimate_s: float | None = None) -> jobs.Job | None:
     folder_problem = data_folder_problem(cfg.data_root)
     if folder_problem:
         st.error(f"{folder_problem} Correct it under 'Data folder'; nothing was started.")
@@ -110,7 +111,7 @@ def start_models(cfg: ExperimentConfig) -> jobs.Job | None:
         st.error(jobs.describe_error(exc))
         return None
     job = state.runner().submit(jobs.models_job(resolved), label="Original and Retrain", kind="models",
-                                device=resolved.device)
+                                device=resolved.device, meta={"estimate_s": estimate_s} if estimate_s else None)
     state.remember_job(state.K_MODELS_JOB, job)
     return job
 
@@ -146,3 +147,30 @@ def start_projection(run_id: str, method: str, features: dict, seed: int) -> job
                                 gpu=False)
     st.session_state[projection_job_key(run_id, method)] = job.id
     return job
+
+
+def estimate(cfg: ExperimentConfig, *, projections: int = 0, only: tuple[str, ...] | None = None,
+             sizes: tuple[int, int, int] | None = None):
+    """The library's duration estimate of ``cfg`` on its device (probes reused for a minute), or
+    None when it cannot be made (the reason is shown as a caption; starting still validates)."""
+    from mixunlearn.estimate import Estimate, estimate_experiment
+
+    try:
+        est = estimate_experiment(cfg, projections=projections, sizes=sizes, reuse_seconds=60.0)
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; the run's own checks speak later
+        st.caption(f"No time estimate: {jobs.describe_error(exc)}")
+        return None
+    if only is not None:
+        est = Estimate([p for p in est.phases if p.name in only], est.device)
+    return est
+
+
+def estimate_caption(est, what: str) -> None:
+    """One line under a start button: the estimate of ``what`` and where the time goes."""
+    if est is None:
+        return
+    if all(p.cached for p in est.phases):
+        st.caption(f"{what}: already cached here — a few seconds.")
+        return
+    st.caption(f"Estimated {what}: {est.text()} (from a short timed probe on this device and measured "
+               "method costs; the machine's current load counts).")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from mixunlearn import figures
+from mixunlearn.estimate import format_seconds
 from mixunlearn.jobs import CANCELLED, CANCELLING, DONE, FAILED, QUEUED, Job, JobView
 
 from . import state
@@ -30,6 +31,8 @@ def elapsed_text(view: JobView) -> str:
 
 def _status_line(view: JobView) -> None:
     elapsed = elapsed_text(view)
+    if view.estimate_s and view.state not in (DONE, FAILED, CANCELLED):
+        elapsed += f" of about {format_seconds(view.estimate_s)} estimated"
     if view.state == QUEUED:
         st.info(f"{view.label}: {view.message} ({elapsed})", icon=":material/hourglass_top:")
     elif view.state == CANCELLING:
@@ -55,6 +58,8 @@ def _source_bars(view: JobView, titles: dict[str, str]) -> None:
         text = f"{_source_title(src, titles)} — {ev['phase']}"
         if ev["total"] and ev["phase"] not in ("cache", "evaluate", "start"):
             text += f" {ev['step']}/{ev['total']}"
+        if ev.get("eta") and ev["phase"] not in ("cache", "evaluate", "start"):
+            text += f" · about {format_seconds(ev['eta'])} left"
         if ev["losses"]:
             text += " · " + ", ".join(f"{k} {v:.3g}" for k, v in list(ev["losses"].items())[:3])
         if ev["message"] and ev["phase"] in ("cache", "failed"):

@@ -38,7 +38,7 @@ K_NOTICE = "job_notice"  # a one-time note shown above a job's progress (e.g. "j
 JOB_PARAM = "job"  # the URL query parameter holding the experiment job's token
 
 DEFAULT_SETUP = {"dataset": "digits", "model": None, "kind": "class", "classes": [3], "fraction": 0.4,
-                 "seed": 0, "device": "auto", "data_root": ""}
+                 "seed": 0, "device": "auto", "data_root": "", "recipe": None}
 
 
 @st.cache_resource(show_spinner=False)

@@ -10,6 +10,7 @@ from mixunlearn.data import parse_forget_spec
 from mixunlearn.datasets import CorruptDataError, dataset_names, get_info, is_available, load_dataset
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.models import MODELS
+from mixunlearn.training import RECIPES, get_recipe, recipe_label, recipes_for
 from ui import actions, state, widgets
 from ui.progress import show_job
 
@@ -88,6 +89,17 @@ with widgets.guarded("the setup"):
     models = [m for m, e in MODELS.items() if e.input_size == info.size]
     model = st.selectbox("Model", models, index=models.index(info.default_model) if info.default_model in models
                          else 0, format_func=lambda m: f"{m} — {MODELS[m].summary}", key="setup_model")
+    recipes = recipes_for(MODELS[model].builder.family) or [get_recipe(dataset).name]
+    default_recipe = get_recipe(dataset).name
+    remembered = s.get("recipe") if s.get("recipe") in recipes else None
+    recipe = st.selectbox(
+        "Training recipe (original model and Retrain)", recipes,
+        index=recipes.index(remembered or (default_recipe if default_recipe in recipes else recipes[0])),
+        format_func=lambda r: recipe_label(r, dataset),
+        help="The fast recipe reaches the paper recipe's accuracy in minutes; the paper's recipe is the one "
+             "of the fidelity tables (docs/benchmarks.md) and takes far longer on a CPU.",
+        key=f"setup_recipe_{MODELS[model].builder.family}")
+    st.caption(RECIPES[recipe].description)
 
     kinds = {"class": "a whole class", "data": "a share of some classes (data-level)",
              "noisy": "mislabelled samples (noisy labels)"}
@@ -115,7 +127,8 @@ with widgets.guarded("the setup"):
         device = st.selectbox("Device", devices, index=devices.index(s["device"]) if s["device"] in devices else 0,
                               help="auto: CUDA, then MPS, then CPU. GPU runs of all sessions queue for the GPU.",
                               key="setup_device")
-    s.update({"dataset": dataset, "model": model, "kind": kind, "classes": sorted(int(c) for c in classes),
+    s.update({"recipe": recipe, "dataset": dataset, "model": model, "kind": kind,
+              "classes": sorted(int(c) for c in classes),
               "fraction": float(fraction), "seed": seed, "device": device, "data_root": typed_root})
     spec_text = state.forget_spec_text(s)
     spec_error = None
@@ -141,14 +154,20 @@ with widgets.guarded("the setup"):
 
     st.subheader("Original model and Retrain")
     cfg = ExperimentConfig(dataset=dataset, forget=spec_text, methods=("retrain",), seed=seed, model=model,
-                           device=device, data_root=data_root or None, download=False)
+                           recipe=recipe, device=device, data_root=data_root or None, download=False)
+    est = None
+    if ok and spec_error is None and not folder_problem:
+        split = _split(dataset, data_root, spec_text, seed)
+        est = actions.estimate(cfg, only=("original", "retrain"),
+                               sizes=(len(split.x_train), len(split.forget_idx), len(split.x_test)))
     models_job = state.job(state.K_MODELS_JOB)
     busy = models_job is not None and models_job.view(with_history=False).active
     if st.button("Train or load the original model and Retrain", key="train_button", type="primary",
                  disabled=busy or not ok or spec_error is not None or bool(folder_problem),
                  help="Runs in the background; cached models load in a second."):
-        if actions.start_models(cfg) is not None:
+        if actions.start_models(cfg, estimate_s=est.seconds if est else None) is not None:
             st.rerun()
+    actions.estimate_caption(est, "training of the original model and Retrain")
     job = show_job(state.K_MODELS_JOB, curves=False)
     if job is not None and job.view(with_history=False).state == jobs.DONE and isinstance(job.result, dict):
         r = job.result

@@ -10,6 +10,7 @@ from mixunlearn.datasets import get_info
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.methods import list_methods
 from mixunlearn.models import MODELS
+from mixunlearn.training import budget_profile, get_recipe
 from ui import actions, state, widgets
 from ui.progress import show_job
 
@@ -19,11 +20,13 @@ s = state.setup()
 with widgets.guarded("the method choice"):
     info = get_info(s["dataset"])
     model = s.get("model") or info.default_model
-    family = MODELS[model].builder.family if model in MODELS else None
+    family = budget_profile(MODELS[model].builder.family, s.get("recipe") or s["dataset"]) if model in MODELS \
+        else None
     spec_text = state.forget_spec_text(s)
     kind = s["kind"]
-    st.markdown(f"Task: **{info.title}**, model **{model}**, forget **`{spec_text}`**, seed **{s['seed']}**, "
-                f"device **{s['device']}**.")
+    recipe_name = s.get("recipe") or get_recipe(s["dataset"]).name
+    st.markdown(f"Task: **{info.title}**, model **{model}**, recipe **{recipe_name}**, "
+                f"forget **`{spec_text}`**, seed **{s['seed']}**, device **{s['device']}**.")
     widgets.link("setup", "Change the task on the Setup page")
 
     specs = [m for m in list_methods() if m.name != "retrain"]
@@ -55,13 +58,15 @@ with widgets.guarded("the method choice"):
                 params[name] = changed
 
     running = actions.experiment_running()
+    cfg = ExperimentConfig(dataset=s["dataset"], forget=spec_text, methods=("retrain", *chosen), seed=s["seed"],
+                           model=model, recipe=s.get("recipe"), device=s["device"],
+                           data_root=s.get("data_root") or None, params=params, download=False)
+    est = actions.estimate(cfg, projections=len(chosen) + 2) if chosen else None
     if st.button("Run unlearning", key="run_button", type="primary", disabled=running or not chosen,
                  help="Runs in the background; navigating away does not stop it."):
-        cfg = ExperimentConfig(dataset=s["dataset"], forget=spec_text, methods=("retrain", *chosen), seed=s["seed"],
-                               model=model, device=s["device"], data_root=s.get("data_root") or None, params=params,
-                               download=False)
-        if actions.start_experiment(cfg, label="Unlearning run") is not None:
+        if actions.start_experiment(cfg, label="Unlearning run", estimate_s=est.seconds if est else None) is not None:
             st.rerun()
+    actions.estimate_caption(est, "run")
     if not chosen:
         st.info("Pick at least one method to run.")
 
