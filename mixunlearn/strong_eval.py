@@ -653,7 +653,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
 
 RELEARN_STEPS_ASSUMED = 10  # relearn steps counted per depth-checked model in the estimate (digits: 0-8)
 METHOD_PROBE_SECONDS = 0.6  # wall time a method's timed probe may take before it is extrapolated
-TRAIN_PROBE_STEPS = 12  # training steps timed one by one (after 3 warm-up steps)
+TRAIN_PROBE_STEPS = 16  # steps of each timed training run of the estimate
 
 
 @dataclass
@@ -695,40 +695,34 @@ _RATES: dict[str, float] = {}  # in-process cache of timed probes (keyed by what
 
 
 def _timed_train_steps(data, model_name: str, recipe, group: int) -> tuple[float, float]:
-    """(seconds of one training step of one model, of ``group`` models at once as the stacked
-    ensemble the pools use): medians of :data:`TRAIN_PROBE_STEPS` steps each, timed one by one and
-    interleaved (one model, then the group, ...) after three warm-up steps, so both see the same
-    load; a median, so that a moment of contention on shared cores does not count."""
+    """(seconds per training step of one model, of ``group`` models at once), timed with the
+    pools' own trainers (``train_supervised``, ``train_supervised_batched``: their batching,
+    reporting and stacking included) on short runs of up to :data:`TRAIN_PROBE_STEPS` steps:
+    after a warm-up, three rounds alternating one model and the group (so both see the same
+    load), each round's total time over its steps, the median round."""
     from .models import build_model
-    from .pools import StackedDigitsCNN
-    from .training import make_optimizer
+    from .pools import train_supervised_batched
+    from .training import train_supervised
 
-    n = len(data.retain_idx)
-    g = torch.Generator(device=data.device).manual_seed(0)
-    nets = []
-    for k in sorted({1, group}):
+    steps = max(1, min(TRAIN_PROBE_STEPS, len(data.retain_idx) // recipe.batch_size))
+    idx = data.retain_idx[:steps * recipe.batch_size] if len(data.retain_idx) >= recipe.batch_size else data.retain_idx
+    probe = dataclasses.replace(recipe, epochs=1, schedule="none")
+
+    def once(k: int) -> float:
         models = [build_model(model_name, data.info, seed=i).to(data.device) for i in range(k)]
-        net = models[0] if k == 1 else StackedDigitsCNN(models)
-        net.train()
-        nets.append((k, net, make_optimizer(net.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay,
-                                            recipe.momentum)))
-    times: dict[int, list[float]] = {k: [] for k, _, _ in nets}
-    for i in range(3 + TRAIN_PROBE_STEPS):
-        for k, net, opt in nets:
-            start = time.perf_counter()
-            b = data.retain_idx[torch.randint(0, n, (k, min(recipe.batch_size, n)), generator=g, device=data.device)]
-            x, y = data.x_train[b], data.y_train[b]
-            if k == 1:
-                loss = F.cross_entropy(net(x[0]), y[0])
-            else:
-                loss = F.cross_entropy(net(x).flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            float(loss.detach())  # waits for the device
-            if i >= 3:
-                times[k].append(time.perf_counter() - start)
-    return float(np.median(times[1])), float(np.median(times[group]))
+        start = time.perf_counter()
+        if k == 1:
+            train_supervised(models[0], data.x_train, data.y_train, idx, probe, 0)
+        else:
+            train_supervised_batched(models, data.x_train, data.y_train, idx, probe, list(range(k)))
+        return (time.perf_counter() - start) / steps
+
+    once(1)
+    if group > 1:
+        once(group)  # warm-up: first-call allocations, kernel selection
+    rounds = [(once(1), once(group) if group > 1 else 0.0) for _ in range(3)]
+    one = float(np.median([r[0] for r in rounds]))
+    return one, (float(np.median([r[1] for r in rounds])) if group > 1 else one)
 
 
 def _timed_method_run(name: str, data, model_name: str, mcfg, device) -> float:
@@ -754,10 +748,9 @@ def _timed_method_run(name: str, data, model_name: str, mcfg, device) -> float:
     try:
         run_method(name, model, dataclasses.replace(data, seed=1), mcfg, device=device, callbacks=[cb])
     except _ProbeStop:
-        # the median seconds per step between successive reports (robust to a moment of contention)
-        rates = [(t2 - t1) / (s2 - s1) for (t1, s1, _), (t2, s2, _) in zip(seen, seen[1:]) if s2 > s1]
-        t_last, s_last, total = seen[-1]
-        per_step = float(np.median(rates)) if rates else t_last / s_last
+        # seconds per step from the first to the last report (after the method's own setup)
+        (t1, s1, _), (t_last, s_last, total) = seen[0], seen[-1]
+        per_step = (t_last - t1) / (s_last - s1) if s_last > s1 else t_last / s_last
         return t_last + per_step * max(0, total - s_last)
     return time.perf_counter() - start
 
