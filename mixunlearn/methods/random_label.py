@@ -44,7 +44,9 @@ class RandomLabelConfig(MethodConfig):
 
     FAMILY_DEFAULTS = {"resnet": {"lr": 0.01, "epochs": 10, "batch_size": 256, "weight_decay": 5e-4,
                                   "augment": True},
-                       "cnn": {"clip": 5.0}}
+                       "cnn": {"clip": 5.0},
+                       # Fast recipe (cnn_fast): budgets cut with Retrain's (Fashion-MNIST validation split).
+                       "cnn:fast": {"epochs": 1, "batch_size": 128}}
 
 
 def rl_steps(data, epochs: int, batch_size: int) -> int:

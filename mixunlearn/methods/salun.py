@@ -54,7 +54,9 @@ class SalUnConfig(MethodConfig):
 
     FAMILY_DEFAULTS = {"resnet": {"lr": 0.013, "epochs": 10, "batch_size": 256, "weight_decay": 5e-4,
                                   "augment": True},
-                       "cnn": {"clip": 5.0}}
+                       "cnn": {"clip": 5.0},
+                       # Fast recipe (cnn_fast): budgets cut with Retrain's (Fashion-MNIST validation split).
+                       "cnn:fast": {"epochs": 1, "batch_size": 128}}
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -60,6 +60,8 @@ class ScrubConfig(MethodConfig):
     FAMILY_DEFAULTS = {
         "resnet": {"epochs": 3, "msteps": 2, "gamma": 0.99, "alpha": 0.001, "augment": True},
         "cnn": {"clip": 50.0},
+        # Fast recipe (cnn_fast): budgets cut with Retrain's (Fashion-MNIST validation split).
+        "cnn:fast": {"epochs": 3, "msteps": 2},
     }
 
 
