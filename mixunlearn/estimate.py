@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from .datasets import get_info
 from .models import MODELS, build_model
-from .training import ModelCache, Recipe, budget_profile, get_recipe, model_parts
+from .training import RECIPES, ModelCache, Recipe, budget_profile, get_recipe, model_parts
 from .utils import resolve_device, synchronize
 
 # Seconds to build the analysis pack and UMAP-project one model's embeddings in the app
@@ -246,7 +246,12 @@ def estimate_experiment(cfg, *, cache: ModelCache | None = None, probe_steps: in
         if m == "retrain":
             continue
         ratio, source = method_ratio(m, cfg.model, recipe.name, cfg.params.get(m), family)
-        phases.append(Phase(m, _display(m), ratio * retrain_train, source))
+        seconds = ratio * retrain_train
+        if source == "fallback":
+            borrowed = _same_budget_elsewhere(m, cfg, recipe, family, n_retain, probe_steps, reuse_seconds)
+            if borrowed is not None:
+                seconds, source = borrowed, "measured ratio (another recipe, same budget)"
+        phases.append(Phase(m, _display(m), seconds, source))
     per_image = _probe("predict", cfg.model, cfg.dataset, recipe.name, str(device), probe_steps, _bucket(reuse_seconds))
     n_models = len(cfg.methods) + 1  # every method, Retrain and the original
     score = per_image * (n_train + n_test)
@@ -257,6 +262,28 @@ def estimate_experiment(cfg, *, cache: ModelCache | None = None, probe_steps: in
         phases.append(Phase("projection", "embeddings", projections * (PROJECTION_SECONDS + per_image * 2000),
                             "measured"))
     return Estimate(phases, str(device))
+
+
+def _same_budget_elsewhere(method: str, cfg, recipe: Recipe, family: str, n_retain: int, probe_steps: int,
+                           reuse_seconds: float) -> float | None:
+    """A method's seconds from its measured ratio under another recipe of the same model when its
+    budget is the same under both (its run time does not depend on how the original was trained):
+    that ratio times the other recipe's Retrain time, probed here. None when there is no such one."""
+    from .methods import config_to_dict, make_config
+
+    own = config_to_dict(make_config(method, family, cfg.params.get(method)))
+    plain = family.split(":", 1)[0]
+    for key, table in method_costs().items():
+        model, _, other = key.partition("/")
+        if model != cfg.model or other == recipe.name or method not in table or other not in RECIPES:
+            continue
+        other_family = budget_profile(plain, RECIPES[other])
+        if config_to_dict(make_config(method, other_family, cfg.params.get(method))) != own:
+            continue
+        step = _probe("train", cfg.model, cfg.dataset, other, str(resolve_device(cfg.device)), probe_steps,
+                      _bucket(reuse_seconds))
+        return table[method] * step * RECIPES[other].steps(n_retain)
+    return None
 
 
 def _is_cached(kind: str, cfg, recipe: Recipe, cache: ModelCache, n_train: int) -> bool:
