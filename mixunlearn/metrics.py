@@ -35,9 +35,21 @@ METRIC_HELP = {
 }
 
 
+def _channels_last(model: nn.Module) -> bool:
+    """Whether the model's convolutions run in channels-last format (the fast recipes)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[1] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits in eval mode, batched; restores the model's train/eval mode afterwards."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits in eval mode, batched; restores the model's train/eval mode afterwards. Default batch:
+    256 images for a channels-last model (about 2x faster on a CPU than 1024), else 1024 (as
+    always: the reference recipes' numbers stay bit for bit)."""
+    if batch_size is None:
+        batch_size = 256 if _channels_last(model) else 1024
     was_training = model.training
     model.eval()
     try:
