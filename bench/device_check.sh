@@ -31,7 +31,11 @@ stage tests 150 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cu
 stage syncs 60 $PY bench/gpu_syncs.py --out "$DEST/gpu_syncs.json"
 stage cli_digits 60 $PY -m mixunlearn run --dataset digits --forget class:3 --methods retrain,mixunlearn,mixunlearn_agnostic --seed 1 --device cuda --quiet --out "$(mktemp -d)"
 ALL=finetune,neggrad,neggrad_plus,random_label,boundary_shrink,boundary_expanding,l1_sparse,salun,ssd,unsir,scrub,bad_teacher,laf,laf_r,randlabel,l_mix,mixunlearn,mixunlearn_agnostic
+# Issue 12: the CIFAR-shaped ResNet-18 fast recipe's training steps/s (timed probe, batch 256), and
+# (below, with the data) the Fashion-MNIST fast recipe's original + Retrain (target <= 20 s on one GPU).
+stage resnet_fast 60 $PY -c "from mixunlearn.estimate import probe_train_step as p; from mixunlearn.training import RECIPES as R; s = p('resnet18', 'cifar10', R['cifar_fast'], 'cuda', steps=30, min_seconds=2); print(f'resnet18 cifar_fast: {1/s:.1f} steps/s, {s*R[\"cifar_fast\"].steps(50000):.0f} s per training')"
 if [ -d .fm ]; then
+    stage fashion_fast 120 $PY -m mixunlearn run --dataset fashion_mnist --data-root .fm --no-download --forget class:0 --methods retrain --seed 0 --device cuda --quiet --out "$(mktemp -d)"
     stage cli_fashion 240 $PY -m mixunlearn run --dataset fashion_mnist --data-root .fm --no-download --forget class:0 --methods retrain,mixunlearn,mixunlearn_agnostic --seed 0 --device cuda --quiet --out "$(mktemp -d)"
 fi
 stage cli_all 120 $PY -m mixunlearn run --dataset digits --forget class:0 --methods $ALL --seed 0 --device cuda --quiet --out "$(mktemp -d)"
