@@ -61,6 +61,17 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def _auto_address() -> str | None:
+    """The address ``ray.init(address="auto")`` would try (RAY_ADDRESS, else the cluster last
+    started on this machine), or None when there is none or Ray's lookup is not available."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # an internal helper of Ray: without it, ray.init's own error stands
+        return None
+
+
 def connect(address: str) -> bool:
     """Connect this process to Ray: ``auto`` (a running cluster: RAY_ADDRESS or the one started
     here with ``ray start --head``), ``local`` (start a private one on this machine for this
@@ -71,10 +82,15 @@ def connect(address: str) -> bool:
         return False
     kwargs: dict[str, Any] = {"runtime_env": runtime_env(), "logging_level": logging.WARNING,
                               "include_dashboard": False}
-    if address == "local":
-        ray.init(**kwargs)
+    if address == "local":  # "local": a new instance even when another cluster runs on this machine
+        ray.init(address="local", **kwargs)
         return True
-    if address != "auto" and not address.startswith("ray://") and not _reachable(address):
+    if address == "auto":
+        found = _auto_address()
+        if found is not None and not _reachable(found):  # e.g. the note of a cluster since stopped
+            raise RayUnavailable(f"--ray auto: no running Ray cluster found (the last one, {found}, does not "
+                                 "answer; start one with `ray start --head`, or use --ray local)")
+    elif not address.startswith("ray://") and not _reachable(address):
         raise RayUnavailable(f"--ray {address}: no Ray cluster answers there (start one with "
                              "`ray start --head` on that machine, or use --ray local)")
     try:
@@ -111,17 +127,28 @@ def _where() -> dict[str, str]:
     return {"host": socket.gethostname(), "node": node[:8], "pid": str(os.getpid())}
 
 
-_DATA: dict[tuple, Any] = {}  # one split per worker process: the last one used
+# A worker keeps the last data set it loaded and its last two splits: cells of one seed (and the
+# settings of one data set) that land on the same worker do not load the files again.
+_DATASET: dict[tuple, Any] = {}
+_SPLITS: dict[tuple, Any] = {}
 
 
 def _data(cfg: ExperimentConfig, device):
-    from .experiment import prepare_data
+    from .data import make_split
+    from .datasets import load_dataset
 
     key = (cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split, str(device))
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = prepare_data(cfg, device)
-    return _DATA[key]
+    if key in _SPLITS:
+        _SPLITS[key] = _SPLITS.pop(key)  # most recently used last
+        return _SPLITS[key]
+    source = (cfg.dataset, cfg.data_root)
+    if source not in _DATASET:
+        _DATASET.clear()
+        _DATASET[source] = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    _SPLITS[key] = make_split(_DATASET[source], cfg.forget, cfg.seed, eval_split=cfg.eval_split).to(device)
+    while len(_SPLITS) > 2:
+        _SPLITS.pop(next(iter(_SPLITS)))
+    return _SPLITS[key]
 
 
 def _model_bytes(model) -> bytes:
