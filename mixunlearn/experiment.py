@@ -245,7 +245,8 @@ def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, 
     that ``run_experiment`` and the Ray grid (mixunlearn.ray_grid) both run. A method that fails
     with NaN/inf losses gives a failed record (no metrics) and no model."""
     spec = get_method(name)
-    mcfg = make_config(name, original.family, cfg.params.get(name))
+    # The recipe's budget profile too (as ExperimentConfig.resolved and bench's resume check use it).
+    mcfg = make_config(name, budget_profile(original.family, cfg.recipe), cfg.params.get(name))
     emit(callbacks, ProgressEvent(name, "start", 0, 1, message=f"running {spec.display}"))
     try:
         res = run_method(name, original, data, mcfg, device=device, callbacks=callbacks)
