@@ -67,16 +67,26 @@ def main() -> int:
         docs = [res.to_json()]
     path = Path(args.out)
     table = json.loads(path.read_text()) if path.is_file() else {"about": "", "ratios": {}, "provenance": {}}
+    # Several documents of one key (e.g. seeds of a bench): the mean ratio per method.
+    grouped: dict[str, list[tuple[dict, dict[str, float], float]]] = {}
     for doc in docs:
         key, ratios, retrain = ratios_of(doc)
-        table["ratios"].setdefault(key, {}).update(ratios)
+        grouped.setdefault(key, []).append((doc, ratios, retrain))
+        print(f"{key} seed {doc['config']['seed']}: Retrain {retrain:.1f} s; "
+              + ", ".join(f"{m} {r:.3f}" for m, r in sorted(ratios.items())))
+    for key, items in grouped.items():
+        methods = sorted({m for _, ratios, _ in items for m in ratios})
+        mean = {m: round(sum(r[m] for _, r, _ in items if m in r) / sum(m in r for _, r, _ in items), 4)
+                for m in methods}
+        table["ratios"].setdefault(key, {}).update(mean)
+        doc = items[0][0]
         table["provenance"][key] = {
-            "dataset": doc["config"]["dataset"], "forget": doc["config"]["forget"], "seed": doc["config"]["seed"],
-            "retrain_seconds": round(retrain, 2), "device": doc["info"]["device"], "machine": platform.node(),
-            "cpus": os.cpu_count(), "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "date": time.strftime("%Y-%m-%d"),
+            "dataset": doc["config"]["dataset"], "forget": doc["config"]["forget"],
+            "seeds": [d["config"]["seed"] for d, _, _ in items],
+            "retrain_seconds": [round(r, 2) for _, _, r in items], "device": doc["info"]["device"],
+            "machine": platform.node(), "cpus": os.cpu_count(),
+            "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()), "date": time.strftime("%Y-%m-%d"),
         }
-        print(f"{key}: Retrain {retrain:.1f} s; " + ", ".join(f"{m} {r:.3f}" for m, r in sorted(ratios.items())))
     table["about"] = ("seconds of each method / seconds of Retrain's training, measured in the same run "
                       "(bench/method_costs.py); used by mixunlearn/estimate.py")
     atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")

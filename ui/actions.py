@@ -156,6 +156,8 @@ def estimate(cfg: ExperimentConfig, *, projections: int = 0, only: tuple[str, ..
     from mixunlearn.estimate import Estimate, estimate_experiment
 
     try:
+        if sizes is None:
+            sizes = _split_sizes(cfg.dataset, cfg.data_root or "", cfg.forget, int(cfg.seed), cfg.eval_split)
         est = estimate_experiment(cfg, projections=projections, sizes=sizes, reuse_seconds=60.0)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice; the run's own checks speak later
         st.caption(f"No time estimate: {jobs.describe_error(exc)}")
@@ -163,6 +165,16 @@ def estimate(cfg: ExperimentConfig, *, projections: int = 0, only: tuple[str, ..
     if only is not None:
         est = Estimate([p for p in est.phases if p.name in only], est.device)
     return est
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _split_sizes(dataset: str, data_root: str, forget: str, seed: int, eval_split: str) -> tuple[int, int, int]:
+    """(n_train, n_forget, n_test) of a task's split, computed once per task (the estimate needs them)."""
+    from mixunlearn.data import make_split
+    from mixunlearn.datasets import load_dataset
+
+    data = make_split(load_dataset(dataset, data_root or None, download=False), forget, seed, eval_split=eval_split)
+    return len(data.x_train), len(data.forget_idx), len(data.x_test)
 
 
 def estimate_caption(est, what: str) -> None:
