@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--relearn-cap", type=_bounded_int("--relearn-cap", 1, 100_000), default=500,
                     help="most fine-tuning steps of the relearn check (default 500)")
     ev.add_argument("--out", default=None, help="output folder (default runs/eval-DATASET-FORGET-nN)")
+    ev.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|local|ADDRESS",
+                    help="train the retrained pools' members as Ray tasks (one model per task) before the "
+                         "evaluation, which then reads them from the cache (docs/ray.md)")
     return p
 
 
@@ -474,6 +477,8 @@ def cmd_evaluate(args) -> int:
     check_home()
     dataset = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     data = make_split(dataset, cfg.forget, cfg.seed, eval_split=cfg.eval_split)
+    if args.ray is not None:
+        _pools_on_ray(args, cfg, data)
     progress = TqdmProgress(enabled=not args.quiet)
     try:
         doc = run_strong_evaluation(cfg, callbacks=[progress], data=data)
@@ -487,6 +492,29 @@ def cmd_evaluate(args) -> int:
                       "the table above has its numbers") from None
     print(f"wrote {path}")
     return 0
+
+
+def _pools_on_ray(args, cfg, data) -> None:
+    """``evaluate --ray``: the retrained pools' members as Ray tasks, into this machine's cache."""
+    import dataclasses
+
+    from .training import get_recipe
+
+    try:
+        from . import ray_grid
+    except ImportError as exc:
+        raise ValueError(f"--ray needs the ray package ({exc}); pip install 'ray>=2.60'") from None
+    recipe = get_recipe(cfg.recipe)
+    if cfg.epochs is not None:  # as run_strong_evaluation trains them
+        recipe = dataclasses.replace(recipe, epochs=cfg.epochs)
+    connected = ray_grid.connect(args.ray)
+    try:
+        ray_grid.prefill_retrained_pools(cfg, data, recipe, quiet=args.quiet)
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -365,3 +365,83 @@ def _method_detail(rec: dict) -> str:
         return f"FAILED ({' '.join(str(rec.get('error', '')).split())[:120]})"
     gap = rec.get("gap_to_retrain")
     return (f"done in {rec.get('seconds') or 0:.1f} s" + (f", gap {gap:.2f}" if gap is not None else ""))
+
+
+# --------------------------------------------------------------------------- strong evaluation pools
+
+
+@ray.remote(max_retries=MAX_RETRIES)
+def pool_member_cell(task: dict, recipe, seed: int, threads: int) -> dict:
+    """One retrained pool member of the strong evaluation (``pools.retrained_model``: from this
+    node's cache or trained one at a time), returned as safetensors bytes."""
+    from .pools import retrained_model
+    from .training import ModelCache
+    from .utils import resolve_device
+
+    _pin_threads(threads)
+    device = resolve_device(task["device"])
+    data = _data(ExperimentConfig(dataset=task["dataset"], forget=task["forget"], seed=task["seed"],
+                                  data_root=task["data_root"], eval_split=task["eval_split"],
+                                  download=task["download"]), device)
+    model, seconds, cached, _ = retrained_model(data, task["model"], recipe, seed, ModelCache())
+    return {"weights": _model_bytes(model), "seconds": seconds, "cached": cached, "where": _where()}
+
+
+def prefill_retrained_pools(cfg, data, recipe, *, threads: int = 1, quiet: bool = False,
+                            write: Callable[[str], None] | None = None) -> int:
+    """Train the retrained pools of a strong evaluation (``cfg``: a resolved StrongEvalConfig;
+    ``data`` its split; ``recipe`` its recipe, epochs applied) as Ray tasks, one member per task,
+    and put each into this machine's model cache under the key ``pools.retrained_pool`` looks up;
+    ``run_strong_evaluation`` then reads them from the cache. Members already cached here are
+    skipped. Members trained this way are those of ``--pool-batch 1`` (one model at a time).
+    Returns how many members were trained or fetched."""
+    from safetensors.torch import load
+    from tqdm import tqdm
+
+    from .models import build_model
+    from .pools import _save_member, pool_cache_parts, pool_seeds
+    from .training import ModelCache, load_state_checked
+
+    write = write or (lambda text: tqdm.write(text, file=sys.stderr))
+    cache = ModelCache()
+    task = {"dataset": cfg.dataset, "forget": cfg.forget, "seed": cfg.seed, "data_root": cfg.data_root,
+            "eval_split": cfg.eval_split, "download": cfg.download, "device": cfg.device, "model": cfg.model}
+    opts = {"num_cpus": threads, "num_gpus": gpus_per_cell(cfg.device)}
+    streams = ["reference"] + (["unlearner"] if "retrain" in cfg.methods else [])
+    pending: dict[Any, tuple[str, int, int, str]] = {}
+    for stream in streams:
+        for i, seed in enumerate(pool_seeds(cfg.seed, cfg.pool, stream)):
+            key = cache.key(pool_cache_parts(data, cfg.model, recipe, seed))
+            if all(p.is_file() for p in cache.paths(key)):
+                continue
+            pending[pool_member_cell.options(**opts).remote(task, recipe, seed, threads)] = (stream, i, seed, key)
+    total, done, start = len(pending), 0, time.time()
+    bar = tqdm(total=total, desc="pool members", unit="model", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                stream, i, seed, key = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, BaseException):
+                        raise exc.cause from None
+                    raise RuntimeError(f"pool member {stream} {i + 1}: {str(exc).splitlines()[0]}") from None
+                model = build_model(cfg.model, data.info, seed=seed)
+                load_state_checked(model, load(result["weights"]))
+                _save_member(data, cfg.model, recipe, seed, cache, key, model, result["seconds"])
+                done += 1
+                bar.update(1)
+                eta = (time.time() - start) / done * (total - done)
+                how = "cached there" if result["cached"] else f"trained {result['seconds']:.1f} s"
+                write(f"[{done}/{total}] retrained pool ({stream}) member {i + 1}/{cfg.pool}: {how} on "
+                      f"{result['where']['host']}/{result['where']['node']} · eta {_fmt_secs(eta)}")
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+    return total

@@ -149,6 +149,46 @@ class TestLocalRay:
             assert f"digits · {f} ·" in (folder / "table.md").read_text()
 
 
+    def test_evaluate_trains_the_retrained_pools_as_ray_tasks(self, local_ray, tmp_path, capsys):
+        """Issue 14's hook: `evaluate --ray` trains each retrained pool member as a task, into this
+        machine's cache, where the evaluation finds all of them; a member equals the one trained here."""
+        import dataclasses
+
+        import torch
+
+        from mixunlearn.data import make_split
+        from mixunlearn.datasets import load_dataset
+        from mixunlearn.pools import pool_cache_parts, pool_seeds, retrained_model
+        from mixunlearn.strong_eval import StrongEvalConfig
+        from mixunlearn.training import ModelCache, get_recipe
+
+        rc = main(["evaluate", "--dataset", "digits", "--forget", "class:3", "--methods", "retrain", "--pool", "3",
+                   "--epochs", "1", "--depth-models", "0", "--ray", "auto", "--quiet", "--out", str(tmp_path / "ev")])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert "[6/6] retrained pool (" in err  # 3 reference + 3 as-unlearner members, one line each
+        assert "retrained pool (reference) ready: 3/3 from the cache" in err
+        assert "retrained pool (unlearner) ready: 3/3 from the cache" in err
+        assert (tmp_path / "ev" / "evaluation.json").is_file()
+
+        data = make_split(load_dataset("digits"), "class:3", 0)
+        cfg = StrongEvalConfig(dataset="digits", forget="class:3", methods=("retrain",), pool=3).resolved()
+        recipe = dataclasses.replace(get_recipe(cfg.recipe), epochs=1)  # the data set's default, --epochs 1
+        seed = pool_seeds(0, 3, "reference")[1]
+        from_ray = retrained_model(data, "digits_cnn", recipe, seed, ModelCache())  # the cached member
+        assert from_ray[2], "the member trained on Ray is in this machine's cache"
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the workers' thread count
+        try:
+            here = retrained_model(data, "digits_cnn", recipe, seed, ModelCache(tmp_path / "own_cache"))
+        finally:
+            torch.set_num_threads(threads)
+        assert not here[2] and here[3] == from_ray[3] == ModelCache.key(pool_cache_parts(data, "digits_cnn", recipe,
+                                                                                         seed))
+        for (k, a), b in zip(from_ray[0].state_dict().items(), here[0].state_dict().values()):
+            assert torch.equal(a, b), k
+
+
 # --------------------------------------------------------------------------- two nodes
 
 
