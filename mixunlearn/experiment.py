@@ -24,7 +24,7 @@ from .methods import config_to_dict, get_method, make_config, run_method
 from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
 from .progress import Callback, NonFiniteLossError, ProgressEvent, emit
-from .training import ModelCache, budget_profile, get_recipe, get_trained
+from .training import ModelCache, budget_profile, default_recipe, get_recipe, get_trained
 from .utils import atomic_write_text, check_seed, device_name, resolve_device, seed_everything
 
 
@@ -54,7 +54,7 @@ class ExperimentConfig:
         if MODELS[model].input_size != info.size:
             raise ValueError(f"model {model!r} does not fit {self.dataset!r} ({info.size}x{info.size}); "
                              f"use {info.default_model!r}")
-        recipe = get_recipe(self.recipe or self.dataset).name
+        recipe = (get_recipe(self.recipe) if self.recipe else default_recipe(self.dataset)).name
         spec = parse_forget_spec(self.forget, info.n_classes)
         check_classes(spec, info.n_classes)
         seed = check_seed(self.seed)  # 0..2**32-1: what every consumer (attacks, store, NumPy) accepts

@@ -123,9 +123,17 @@ def recipes_for(family: str) -> list[str]:
     return sorted(names, key=lambda n: (RECIPES[n].paper, n != f"{family}_fast" and not n.endswith("_fast"), n))
 
 
+def default_recipe(dataset: str) -> Recipe:
+    """The interactive default recipe of a dataset (the app's and the CLI's when none is given)."""
+    if dataset not in DEFAULT_RECIPE:
+        raise ValueError(f"no default recipe for dataset {dataset!r}; known: {', '.join(DEFAULT_RECIPE)}")
+    return RECIPES[DEFAULT_RECIPE[dataset]]
+
+
 def get_recipe(name_or_dataset: str) -> Recipe:
-    """A recipe by name, or the default recipe of a dataset name."""
-    name = DEFAULT_RECIPE.get(name_or_dataset, name_or_dataset)
+    """A recipe by name; a dataset name that is not also a recipe name gives its default recipe.
+    ("digits" is both: it names the digits tables' recipe; use :func:`default_recipe` for a dataset.)"""
+    name = name_or_dataset if name_or_dataset in RECIPES else DEFAULT_RECIPE.get(name_or_dataset, name_or_dataset)
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name_or_dataset!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name]
@@ -152,7 +160,12 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, mome
 def _scheduler(opt, recipe: Recipe, total_steps: int = 0):
     """The recipe's schedule; ``onecycle`` is stepped per optimiser step, the others per epoch."""
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=max(1, total_steps),
+        # torch's OneCycleLR needs at least two steps in each of its phases (it divides by their
+        # length - 1); a shorter run (a test, a tiny forget set) keeps the recipe's lr constant.
+        up = float(recipe.warmup * total_steps) - 1
+        if up < 1 or total_steps - up - 2 < 1:
+            return None
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps,
                                                    pct_start=recipe.warmup)
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
@@ -179,7 +192,7 @@ def train_supervised(
     opt = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
     steps_per_epoch = -(-len(idx) // recipe.batch_size)
     sched = _scheduler(opt, recipe, recipe.epochs * steps_per_epoch)
-    per_step = recipe.schedule == "onecycle"
+    per_step = recipe.schedule == "onecycle"  # (a None schedule -- too few steps -- is never stepped)
     rep = Reporter(source, callbacks, recipe.epochs * steps_per_epoch, phase="train",
                    log_every=max(1, steps_per_epoch // 4), model=model)
     model.train()
@@ -190,7 +203,7 @@ def train_supervised(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if per_step:
+            if per_step and sched is not None:
                 sched.step()
             rep.step({"loss": loss})
         if sched is not None and not per_step:

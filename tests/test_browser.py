@@ -100,7 +100,7 @@ def _goto(page, title: str) -> None:
 
 def _seconds(locator) -> int:
     """The running time a status line shows, "(N s)"."""
-    return int(re.search(r"\((\d+) s\)", locator.inner_text()).group(1))
+    return int(re.search(r"\((\d+) s(?:\)| of about)", locator.inner_text()).group(1))  # "(12 s)" or "(12 s of about …)"
 
 
 def _no_exception(page) -> None:

@@ -88,8 +88,9 @@ def _check_contract(results: dict, methods: tuple[str, ...]) -> None:
 
 
 def test_run_acceptance_and_cache_reuse(warm_home, digits_class3, tmp_path, capsys):
+    # The digits tables' recipe: the session's warm cache holds its models.
     args = ["run", "--dataset", "digits", "--forget", "class:3", "--methods", "retrain,finetune,neggrad",
-            "--seed", "0"]
+            "--seed", "0", "--recipe", "digits"]
     first = run_cli(args + ["--out", str(tmp_path / "a")], env={"MIXUNLEARN_HOME": str(warm_home)})
     assert first.returncode == 0, first.stderr[-2000:]
     assert "wrote" in first.stdout and "Traceback" not in first.stderr
@@ -119,7 +120,7 @@ def test_run_data_level_store_and_no_attacks(warm_home, digits_data_level, tmp_p
     from mixunlearn.store import RunStore
 
     rc, out, err = in_process(["run", "--forget", "data:5-9:0.4", "--methods", "retrain", "--no-attacks",
-                               "--store", "--quiet", "--out", str(tmp_path / "d")], capsys)
+                               "--recipe", "digits", "--store", "--quiet", "--out", str(tmp_path / "d")], capsys)
     assert rc == 0, err
     res = strict_json(tmp_path / "d" / "results.json")
     assert res["info"]["level"] == "data" and res["config"]["attacks"] is False
@@ -261,7 +262,7 @@ def test_experiment_config_resolved_validation():
 
     cfg = ExperimentConfig(methods="finetune, neggrad,finetune", seed=np.int64(2)).resolved()
     assert cfg.methods == ("retrain", "finetune", "neggrad") and cfg.seed == 2 and type(cfg.seed) is int
-    assert cfg.model == "digits_cnn" and cfg.recipe == "digits" and cfg.forget == "class:3"
+    assert cfg.model == "digits_cnn" and cfg.recipe == "digits_fast" and cfg.forget == "class:3"  # fast default
     assert ExperimentConfig(forget="data:5,6,7,8,9:0.40").resolved().forget == "data:5-9:0.4"
     for bad, message in [
         ({"seed": True}, "non-negative integer"), ({"seed": "0"}, "non-negative integer"),
@@ -324,7 +325,10 @@ def test_stored_run_that_fails_or_is_cancelled_is_recorded_so(exc, rc, status, t
 
     monkeypatch.setattr(experiment, "run_experiment", broken)
     code, out, err = in_process(["run", "--methods", "retrain", "--store", "--out", str(tmp_path / "o")], capsys)
-    assert code == rc and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # One error line after the time estimate printed before the work.
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("[estimate] about ") and " on cpu: original " in lines[0]
+    assert code == rc and len(lines) == 2 and "Traceback" not in err
     runs = RunStore().list_runs(status=None)
     assert [r.status for r in runs] == [status]
     assert not (tmp_path / "o").exists()

@@ -21,6 +21,7 @@ from mixunlearn.training import (
     ModelCache,
     Recipe,
     budget_profile,
+    default_recipe,
     get_recipe,
     get_trained,
     recipes_for,
@@ -63,6 +64,13 @@ def test_registry_is_consistent():
     assert not RECIPES["cnn_fast"].paper
     assert recipes_for("cnn")[0] == "cnn_fast" and recipes_for("cnn")[-1] == "laf_cnn"
     assert get_recipe("fashion_mnist") is RECIPES["cnn_fast"] and get_recipe("laf_cnn") is RECIPES["laf_cnn"]
+    # "digits" names both a dataset and the digits tables' recipe: by name it is the recipe.
+    assert get_recipe("digits") is RECIPES["digits"] and default_recipe("digits") is RECIPES["digits_fast"]
+    assert ExperimentConfig(dataset="digits").resolved().recipe == "digits_fast"
+    assert ExperimentConfig(dataset="digits", recipe="digits").resolved().recipe == "digits"
+    assert ExperimentConfig(dataset="fashion_mnist").resolved().recipe == "cnn_fast"
+    with pytest.raises(ValueError, match="no default recipe"):
+        default_recipe("imagenet")
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         get_recipe("nope")
     # Far fewer optimiser steps than the paper's recipe on 60k images.
@@ -197,3 +205,13 @@ def test_format_seconds():
     assert estimate.format_seconds(42) == "42 s"
     assert estimate.format_seconds(125) == "2 min 05 s"
     assert estimate.format_seconds(4 * 3600) == "4 h 00 min"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7])
+def test_onecycle_on_very_short_runs_trains_at_a_constant_rate(steps):
+    """torch's OneCycleLR divides by (phase length - 1): a run of a few steps must still train."""
+    x, y = torch.rand(steps * 4, 1, 8, 8), torch.randint(0, 10, (steps * 4,))
+    model = build_model("digits_cnn", get_info("digits"), seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_supervised(model, x, y, torch.arange(steps * 4), Recipe("t", 1, 4, 1e-2, schedule="onecycle"), seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

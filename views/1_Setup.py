@@ -10,7 +10,7 @@ from mixunlearn.data import parse_forget_spec
 from mixunlearn.datasets import CorruptDataError, dataset_names, get_info, is_available, load_dataset
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.models import MODELS
-from mixunlearn.training import RECIPES, get_recipe, recipe_label, recipes_for
+from mixunlearn.training import RECIPES, default_recipe, recipe_label, recipes_for
 from ui import actions, state, widgets
 from ui.progress import show_job
 
@@ -89,12 +89,12 @@ with widgets.guarded("the setup"):
     models = [m for m, e in MODELS.items() if e.input_size == info.size]
     model = st.selectbox("Model", models, index=models.index(info.default_model) if info.default_model in models
                          else 0, format_func=lambda m: f"{m} — {MODELS[m].summary}", key="setup_model")
-    recipes = recipes_for(MODELS[model].builder.family) or [get_recipe(dataset).name]
-    default_recipe = get_recipe(dataset).name
+    recipes = recipes_for(MODELS[model].builder.family) or [default_recipe(dataset).name]
+    dataset_default = default_recipe(dataset).name
     remembered = s.get("recipe") if s.get("recipe") in recipes else None
     recipe = st.selectbox(
         "Training recipe (original model and Retrain)", recipes,
-        index=recipes.index(remembered or (default_recipe if default_recipe in recipes else recipes[0])),
+        index=recipes.index(remembered or (dataset_default if dataset_default in recipes else recipes[0])),
         format_func=lambda r: recipe_label(r, dataset),
         help="The fast recipe reaches the paper recipe's accuracy in minutes; the paper's recipe is the one "
              "of the fidelity tables (docs/benchmarks.md) and takes far longer on a CPU.",

@@ -10,7 +10,7 @@ from mixunlearn.datasets import get_info
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.methods import list_methods
 from mixunlearn.models import MODELS
-from mixunlearn.training import budget_profile, get_recipe
+from mixunlearn.training import budget_profile, default_recipe
 from ui import actions, state, widgets
 from ui.progress import show_job
 
@@ -20,11 +20,11 @@ s = state.setup()
 with widgets.guarded("the method choice"):
     info = get_info(s["dataset"])
     model = s.get("model") or info.default_model
-    family = budget_profile(MODELS[model].builder.family, s.get("recipe") or s["dataset"]) if model in MODELS \
-        else None
+    recipe_choice = s.get("recipe") or default_recipe(s["dataset"]).name
+    family = budget_profile(MODELS[model].builder.family, recipe_choice) if model in MODELS else None
     spec_text = state.forget_spec_text(s)
     kind = s["kind"]
-    recipe_name = s.get("recipe") or get_recipe(s["dataset"]).name
+    recipe_name = s.get("recipe") or default_recipe(s["dataset"]).name
     st.markdown(f"Task: **{info.title}**, model **{model}**, recipe **{recipe_name}**, "
                 f"forget **`{spec_text}`**, seed **{s['seed']}**, device **{s['device']}**.")
     widgets.link("setup", "Change the task on the Setup page")

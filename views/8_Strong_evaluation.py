@@ -9,7 +9,7 @@ import streamlit as st
 from mixunlearn import jobs
 from mixunlearn.datasets import get_info
 from mixunlearn.strong_eval import POOL_MAX, POOL_MIN, format_seconds
-from mixunlearn.training import get_recipe
+from mixunlearn.training import default_recipe
 from ui import state, widgets
 from ui import strong_eval as sev
 from ui.progress import show_job
@@ -36,7 +36,7 @@ with widgets.guarded("the settings"):
     pool = int(c1.number_input("Pool size N (models per pool)", min_value=1, max_value=10_000, value=8, step=1,
                                key="se_pool", help=f"{POOL_MIN}…{POOL_MAX}; the challenge used 512. Retrained "
                                                    "models are cached and reused: a pool of 32 starts with the 16."))
-    recipe_epochs = get_recipe(info.name).epochs if info.name else None
+    recipe_epochs = default_recipe(info.name).epochs if info.name else None
     epochs = int(c2.number_input("Training epochs (0 = the recipe's)", min_value=0, max_value=10_000, value=0,
                                  step=1, key="se_epochs",
                                  help=f"Epochs of the original and every retrained model (recipe: {recipe_epochs}). "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import fresh_copy
-from ..training import get_recipe, train_supervised
+from ..training import default_recipe, get_recipe, train_supervised
 from .base import MethodConfig, param, register_method
 
 
@@ -28,7 +28,7 @@ class RetrainConfig(MethodConfig):
 def retrain(model, data, cfg: RetrainConfig, *, device, callbacks):
     import dataclasses
 
-    recipe = get_recipe(data.info.name if cfg.recipe == "default" else cfg.recipe)
+    recipe = default_recipe(data.info.name) if cfg.recipe == "default" else get_recipe(cfg.recipe)
     if cfg.epochs:
         recipe = dataclasses.replace(recipe, epochs=cfg.epochs)
     fresh = fresh_copy(model, data.seed).to(device)
