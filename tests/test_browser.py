@@ -99,8 +99,8 @@ def _goto(page, title: str) -> None:
 
 
 def _seconds(locator) -> int:
-    """The running time a status line shows, "(N s)"."""
-    return int(re.search(r"\((\d+) s(?:\)| of about)", locator.inner_text()).group(1))  # "(12 s)" or "(12 s of about …)"
+    """The running time a status line shows, "(N s)" or "(N s of about … estimated)"."""
+    return int(re.search(r"\((\d+) s(?:\)| of about)", locator.inner_text()).group(1))
 
 
 def _no_exception(page) -> None:
