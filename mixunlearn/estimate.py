@@ -91,9 +91,9 @@ def format_seconds(seconds: float) -> str:
 
 def probe_train_step(model_name: str, dataset: str, recipe: Recipe, device: str | torch.device = "cpu",
                      steps: int = 3, min_seconds: float = 0.3, max_steps: int = 50) -> float:
-    """Seconds per optimiser step of ``recipe`` for ``model_name`` on ``device``: two warm-up steps,
-    then the mean over at least ``steps`` timed steps and at least ``min_seconds`` (at most
-    ``max_steps``) on random images of the dataset's shape."""
+    """Seconds per optimiser step of ``recipe`` for ``model_name`` on ``device``, on random images of
+    the dataset's shape: two warm-up steps, then chunks of ``steps`` timed steps -- at least three,
+    and more until ``min_seconds`` are spent (at most ``max_steps`` steps) -- and the median chunk."""
     if steps < 1:
         raise ValueError(f"a probe needs at least one step, got {steps}")
     dev = resolve_device(str(device))
@@ -117,15 +117,19 @@ def probe_train_step(model_name: str, dataset: str, recipe: Recipe, device: str 
     step()
     step()
     synchronize(dev)
-    start = time.perf_counter()
-    done = 0
-    while done < max(steps, 1) or (time.perf_counter() - start < min_seconds and done < max(steps, max_steps)):
-        step()
-        done += 1
-        if done >= steps:
-            synchronize(dev)
-    synchronize(dev)
-    return (time.perf_counter() - start) / done
+    # Timed in chunks of ``steps`` steps; the median chunk stands for the device, so a passing
+    # burst of other work (a page drawing, a background compile) does not set the estimate.
+    chunks: list[float] = []
+    spent = 0.0
+    while len(chunks) < 3 or (spent < min_seconds and len(chunks) * steps < max_steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(dev)
+        chunks.append((time.perf_counter() - start) / steps)
+        spent += chunks[-1] * steps
+    chunks.sort()
+    return chunks[len(chunks) // 2]
 
 
 def probe_predict(model_name: str, dataset: str, recipe: Recipe, device: str | torch.device = "cpu",

@@ -112,6 +112,11 @@ def warm_up_projections() -> None:
     import pandas  # noqa: F401
 
     def work() -> None:
+        try:  # background work: lowest priority (Linux: a thread's own nice value), so the
+            # compile does not slow a job or a time probe that starts meanwhile
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         try:
             from mixunlearn.analysis import warm_up_umap
 
