@@ -453,7 +453,7 @@ def train_supervised_batched(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if per_step:
+            if per_step and sched is not None:  # (None: a run too short for one-cycle)
                 sched.step()
             rep.step({"loss": per_model.detach()})  # reported as the mean; every model is checked for NaN
         if sched is not None and not per_step:

@@ -169,8 +169,11 @@ def test_checking_out_leaves_no_folder_behind(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(experiment, "run_experiment", fails)
     out = tmp_path / "new" / "deeper"
-    line = refused(["run", "--methods", "retrain", "--out", str(out)], capsys)
-    assert "the experiment failed" in line
+    rc, _, err = cli(["run", "--methods", "retrain", "--out", str(out)], capsys)
+    # The failure comes after the time estimate (printed once the data is ready): that line, then one error.
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2 and lines[0].startswith("[estimate] about "), err
+    assert "the experiment failed" in lines[1] and "Traceback" not in err
     assert not (tmp_path / "new").exists()  # the write test made and removed both folders
 
 

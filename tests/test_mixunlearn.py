@@ -69,7 +69,7 @@ def test_registry_entries_and_config_metadata():
     assert (agnostic.labels, agnostic.display, agnostic.in_paper) == ("agnostic", "MixUnlearn (agnostic)", True)
     assert aware.config_cls is MixUnlearnConfig and agnostic.config_cls is MixUnlearnAgnosticConfig
     assert MixUnlearnConfig().label_mode == "aware" and MixUnlearnAgnosticConfig().label_mode == "agnostic"
-    assert set(MixUnlearnConfig.FAMILY_DEFAULTS) == {"digits", "cnn", "resnet"}
+    assert set(MixUnlearnConfig.FAMILY_DEFAULTS) == {"digits", "cnn", "resnet", "cnn:fast"}
     cfg = MixUnlearnConfig()
     assert (cfg.gen_interval, cfg.alpha, cfg.sharpen_t, cfg.reduction, cfg.fixed_net) == (4, 0.75, 0.3, "mean",
                                                                                            "current")

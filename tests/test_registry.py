@@ -31,6 +31,7 @@ from mixunlearn.methods import (
 from mixunlearn.methods import base as registry
 from mixunlearn.metrics import ALL_METRICS, evaluate
 from mixunlearn.progress import ProgressEvent, RunCancelled
+from mixunlearn.training import RECIPES
 
 ALL_METHODS = method_names()
 
@@ -140,7 +141,10 @@ def test_family_defaults_then_overrides():
 def test_family_defaults_are_valid_fields(name):
     spec = get_method(name)
     for family, values in spec.config_cls.FAMILY_DEFAULTS.items():
-        assert family in ("digits", "cnn", "resnet")
+        # a model family, or family:budget (a recipe's budget profile, training.budget_profile)
+        assert family.split(":")[0] in ("digits", "cnn", "resnet") and family.count(":") <= 1, family
+        if ":" in family:
+            assert family.split(":")[1] in {r.budget for r in RECIPES.values() if r.budget}, family
         make_config(name, family)  # raises on unknown fields or values out of range
         assert set(values) <= {f.name for f in dataclasses.fields(spec.config_cls)}
 
