@@ -34,8 +34,10 @@ from .models import MODELS, build_model
 from .training import RECIPES, ModelCache, Recipe, budget_profile, get_recipe, model_parts
 from .utils import resolve_device, synchronize
 
-# Seconds to build the analysis pack and UMAP-project one model's embeddings in the app
-# (digits demo, 2-core CPU, numba warm: bench/method_costs.py --projection).
+# Seconds to build the analysis pack and UMAP-project one model's embeddings in the app, per
+# model: five models took 9.4 s on the digits demo and 13.3 s on Fashion-MNIST class 0
+# (analysis.build_pack + analysis.project, 2 cores, load 1-3, numba compile included) -- 1.9-2.7 s
+# each, less once the app's warm-up has compiled the kernels; the image-count term below adds the rest.
 PROJECTION_SECONDS = 1.5
 FALLBACK_RATIO = 0.2  # a method with no measurement on this model and recipe
 _SCALED_FIELDS = ("epochs", "steps", "iterations", "max_steps")

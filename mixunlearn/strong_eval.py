@@ -89,6 +89,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .estimate import format_seconds
+
 DELTA = 1e-5
 EPSILON_CAP = 50.0
 THRESHOLDS_PER_UNIT = 100
@@ -677,14 +679,6 @@ class EvalEstimate:
 
     def text(self) -> str:
         return format_seconds(self.seconds)
-
-
-def format_seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.0f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 class _ProbeStop(Exception):

@@ -12,9 +12,9 @@ from test_app import _app, _charts, _open, _synthetic_run, _texts, _wait, shared
 
 from mixunlearn import jobs
 from mixunlearn import playground as pg
+from mixunlearn.estimate import format_seconds
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.jobs import get_runner
-from ui import playground as ui_playground
 
 PAGE = "views/6_Generator.py"
 PAGE_CHARTS = 4  # the page's own: grid, health curves, debug views, training curves
@@ -173,7 +173,7 @@ def test_off_digits_the_panel_gives_a_time_estimate_before_the_run():
     assert "rough estimate" in info and "Fashion" in info
     est = pg.estimate_seconds(ExperimentConfig(dataset="fashion_mnist", forget="class:0", methods=("mixunlearn",)))
     # the fast recipe's budget: 1 epoch over 6,000 forget images
-    assert f"about {ui_playground._fmt_seconds(est)} of compute" in info
+    assert f"about {format_seconds(est)} of compute" in info
     # A bigger budget gives a longer estimate, before anything runs.
     at.number_input(key=f"pg:{run_id}:mixunlearn:gen_warmup").set_value(1000).run()
     assert _texts(at.info) != info and "playground_job" not in at.session_state

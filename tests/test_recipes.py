@@ -163,13 +163,21 @@ def test_probe_is_finite_positive_and_the_estimate_scales_with_epochs(tmp_path):
     assert phases["finetune"].source == "measured ratio"
     # Twice the epochs of the fine-tune: about twice its estimate (same probe reused within the bucket).
     cfg2 = dataclasses.replace(cfg, params={"finetune": {"epochs": 2 * make_config("finetune", "digits").epochs}})
-    e2 = estimate.estimate_experiment(cfg2, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=3600)
-    e3 = estimate.estimate_experiment(cfg, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=3600)
+    e2 = estimate.estimate_experiment(cfg2, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=1e9)
+    e3 = estimate.estimate_experiment(cfg, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=1e9)
     assert e2.by_name()["finetune"].seconds == pytest.approx(2 * e3.by_name()["finetune"].seconds)
-    # A recipe with twice the epochs: about twice the training estimate.
-    slow = dataclasses.replace(r, name="digits_fast", epochs=2 * r.epochs)
-    assert slow.steps(1437) == 2 * r.steps(1437)
     assert "about" in e1.text() and "original" in e1.text()
+
+
+def test_the_training_estimate_scales_with_the_recipes_epochs(tmp_path, monkeypatch):
+    cfg = ExperimentConfig(dataset="digits", forget="class:3", methods=("retrain",), recipe="digits_fast")
+    sizes = (1437, 144, 360)
+    base = estimate.estimate_experiment(cfg, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=1e9).by_name()
+    r = RECIPES["digits_fast"]
+    monkeypatch.setitem(RECIPES, "digits_fast", dataclasses.replace(r, epochs=2 * r.epochs))
+    twice = estimate.estimate_experiment(cfg, cache=ModelCache(tmp_path), sizes=sizes, reuse_seconds=1e9).by_name()
+    for kind in ("original", "retrain"):  # the same probe (reused), twice the steps
+        assert twice[kind].seconds == pytest.approx(2 * base[kind].seconds)
 
 
 def test_estimate_marks_cached_models(tmp_path, monkeypatch):

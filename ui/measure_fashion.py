@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
-from ui.measure_demo import ARGS, ROOT, cpu_seconds, load_average
+from ui.measure_demo import ARGS, cpu_seconds, load_average, start_app
 
 TIMEOUT_MS = 1_200_000
 
@@ -53,23 +49,10 @@ def main() -> int:
 
     info = get_info(args.dataset)
     home = tempfile.mkdtemp(prefix="mixunlearn-fashion-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MIXUNLEARN_HOME=home)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = start_app(home)
     marks: dict[str, float] = {}
     shown: dict[str, str] = {}
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

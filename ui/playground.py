@@ -16,6 +16,7 @@ import streamlit as st
 from mixunlearn import analysis, figures
 from mixunlearn import playground as pg
 from mixunlearn.datasets import get_info
+from mixunlearn.estimate import format_seconds
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.jobs import describe_error
 from mixunlearn.methods import field_specs, get_method
@@ -99,14 +100,6 @@ def _settings(method: str, own: dict[str, Any], key: str) -> dict[str, Any]:
                                                      help=help_text, key=wkey))
             st.caption(CAPTIONS.get(name, ""))
     return values
-
-
-def _fmt_seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    if s < 600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 60:.0f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------- jobs
@@ -264,11 +257,11 @@ def playground_panel(run_id: str, row, tensors: dict) -> None:
     except ValueError:
         est = None
     if est is not None and cfg.dataset != "digits":
-        st.info(f"One run on {info.title} takes about {_fmt_seconds(est)} of compute on this machine — a rough "
+        st.info(f"One run on {info.title} takes about {format_seconds(est)} of compute on this machine — a rough "
                 "estimate from the data set's size and the budget (epochs, batch, K, generator steps), not a "
                 "measurement; the first run also loads the data and the cached models.", icon=":material/timer:")
     elif est is not None:
-        st.caption(f"About {_fmt_seconds(max(est, 1.5))} per run on digits (measured ≈ 1.6 s on 2 CPU cores, "
+        st.caption(f"About {format_seconds(max(est, 1.5))} per run on digits (measured ≈ 1.6 s on 2 CPU cores, "
                    "docs/app.md); the attack follows in about 0.2 s.")
     missing = st.session_state.get(K_MISSING)
     train_missing = False

@@ -8,7 +8,8 @@ import streamlit as st
 
 from mixunlearn import jobs
 from mixunlearn.datasets import get_info
-from mixunlearn.strong_eval import POOL_MAX, POOL_MIN, format_seconds
+from mixunlearn.estimate import format_seconds
+from mixunlearn.strong_eval import POOL_MAX, POOL_MIN
 from mixunlearn.training import default_recipe
 from ui import state, widgets
 from ui import strong_eval as sev
