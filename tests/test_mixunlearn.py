@@ -149,7 +149,7 @@ def test_property_11_mix_k_uses_target_of_retain_pi_k(digits_class3):
     """Index-encoding targets: the 8 retain samples have 8 different labels, so the one-hot target a
     mix is compared with tells which retain image it was paired with."""
     d, original, _ = digits_class3
-    tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(use_l_real=False))
+    tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(use_l_real=False, pairing="random"))
     y = d.y_train
     r_idx = torch.stack([d.retain_idx[y[d.retain_idx] == c][0] for c in (0, 1, 2, 4, 5, 6, 7, 8)])
     f_idx = d.forget_idx[:8]
@@ -279,6 +279,65 @@ def test_pair_different_classes_avoids_same_class_pairs(digits_data_level):
     assert clashes[True] < clashes[False]
 
 
+def _runner_up(model, x, own):
+    logits = predict_logits(model, x).clone()
+    logits[torch.arange(len(x)), own] = float("-inf")
+    return logits.argmax(1)
+
+
+@pytest.mark.parametrize("level", ["class", "data"])
+def test_pair_runner_up_partners_come_from_the_runner_up_class(digits_class3, digits_data_level, level):
+    """Each unlearner-step partner is a D_r image of f_D's runner-up class for its forget image (the
+    most likely class other than its label), and the mix and the retain term a use that partner."""
+    d, original, _ = digits_class3 if level == "class" else digits_data_level
+    tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", use_l_real=False))
+    f_idx = d.forget_idx[:32]
+    b = tr.make_batch(f_idx, d.retain_idx[:32], augment=False)
+    ru = _runner_up(original, d.x_train[f_idx], d.y_train[f_idx])
+    assert not torch.equal(ru, d.y_train[f_idx]) and bool((ru != d.y_train[f_idx]).all())
+    assert torch.equal(b.p_p.argmax(1), ru)  # the partners' labels are the runner-up classes
+    retain = set(d.retain_idx.tolist())
+    partners = [int(torch.nonzero((d.x_train == x).flatten(1).all(1))[0]) for x in b.x_p]
+    assert all(i in retain for i in partners)
+    assert len(set(partners)) > 1  # drawn, not one fixed image per class
+    lam = torch.tensor(0.4)
+    out = tr.unlearner_step(b, lam)
+    assert out["perm"] is None
+    assert torch.allclose(out["x_mix"], torch.lerp(b.x_p, b.x_f, out["mask"][:, :1]))
+    probs = out["probs_mix"]
+    expected_a = (1 - lam) * (1 - probs[torch.arange(32), ru] / probs.norm(dim=1))
+    assert torch.allclose(out["a"], expected_a, atol=1e-6)
+
+
+def test_pair_runner_up_agnostic_reads_no_labels_and_off_changes_nothing(digits_class3):
+    d, original, _ = digits_class3
+    tr = MixUnlearnTrainer(copy.deepcopy(original), d, MixUnlearnAgnosticConfig(epochs=1, pairing="runner_up"))
+    f_idx = d.forget_idx[:16]
+    b = tr.make_batch(f_idx, d.retain_idx[:16], augment=False)
+    pred = predict_logits(original, d.x_train[f_idx]).argmax(1)
+    ru = _runner_up(original, d.x_train[f_idx], pred)
+    part_pred = predict_logits(original, b.x_p).argmax(1)
+    assert torch.equal(part_pred, ru)  # agnostic classes: f_D's predictions, for both sides
+    # 'random' (the paper's), batches carry no partners and are those of the first build's layout.
+    off = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="random"))
+    b0 = off.make_batch(f_idx, d.retain_idx[:16], augment=False)
+    assert b0.x_p is None and b0.p_p is None and b0.z_p is None
+
+
+def test_pairing_auto_picks_runner_up_at_class_level_only(digits_class3, digits_data_level):
+    """'auto': class-level forgetting (the forget class has no retain image) gets runner-up partners;
+    data-level forgetting (60 % of each class stays) keeps the paper's random π, bit for bit."""
+    d, original, _ = digits_class3
+    tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="auto"))
+    assert tr.runner_up is not None and bool((tr.runner_up[0][d.forget_idx] >= 0).all())
+    d2, original2, _ = digits_data_level
+    auto = MixUnlearnTrainer(copy.deepcopy(original2), d2, _cfg(pairing="auto", epochs=1))
+    assert auto.runner_up is None
+    rand = MixUnlearnTrainer(copy.deepcopy(original2), d2, _cfg(epochs=1, pairing="random"))
+    auto.run(), rand.run()
+    assert _same(_state(auto.f_u), _state(rand.f_u))
+
+
 # --------------------------------------------------------------------------- adversary and determinism
 
 
@@ -287,7 +346,7 @@ def test_property_16_toy_adversary(digits_class3):
     mean forget term b and raise the mean retain term a; then, with the mixer fixed (g untouched,
     one pairing), 50 unlearner steps on L_mix alone lower a and raise b. A sign flip of either
     objective in the trainer fails this test."""
-    tr = _trainer(digits_class3, _cfg(use_l_real=False))
+    tr = _trainer(digits_class3, _cfg(use_l_real=False, pairing="random"))
     b = _first_batch(tr, 32)
     lam = torch.tensor(0.5)
     u0 = _state(tr.f_u)
@@ -344,7 +403,7 @@ def test_property_8_gen_loss_is_minus_mix_loss_through_the_trainer(digits_class3
     lam = torch.tensor(0.37)
     losses = {}
     for red in ("mean", "sum"):
-        tr = MixUnlearnTrainer(_Tiny(), d, _cfg(use_l_real=False, tau_gen=5.0, tau_mix=5.0, reduction=red))
+        tr = MixUnlearnTrainer(_Tiny(), d, _cfg(use_l_real=False, tau_gen=5.0, tau_mix=5.0, reduction=red, pairing="random"))
         b = _first_batch(tr, 16)
         tr.pairing = lambda _b: torch.arange(16)  # the generator step's π = identity
         l_gen = _gen_loss_now(tr, b, lam)
@@ -399,7 +458,7 @@ def _sim(p, t):
 def test_temperatures_and_omega_each_reach_their_own_loss(digits_class3):
     """τ_gen, τ_mix, τ_real and ω set to different values; l_gen, l_mix and l_real recomputed by hand
     from the trainer's own mixes. Swapping two temperatures or dropping ω fails the comparison."""
-    cfg = _cfg(tau_gen=3.0, tau_mix=7.0, tau_real=11.0, omega=0.6)
+    cfg = _cfg(tau_gen=3.0, tau_mix=7.0, tau_real=11.0, omega=0.6, pairing="random")
     # An untrained network: the trained original fits D so well that SimLoss on real samples is ~0.
     tr = MixUnlearnTrainer(build_model("digits_cnn", seed=0), digits_class3[0], cfg)
     b = _first_batch(tr)
@@ -663,7 +722,8 @@ def test_share_constraint_none_reproduces_the_first_build_exactly(tmp_path):
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     then = _fingerprint(old, {})
     now = _fingerprint(repo, {"share_constraint": "none", "lr_generator": 1e-3, "gen_init": "normal",
-                              "gen_optimizer": "adam", "gen_steps": 1, "gen_warmup": 0, "value_bias": True})
+                              "gen_optimizer": "adam", "gen_steps": 1, "gen_warmup": 0, "value_bias": True,
+                              "pairing": "random"})
     assert now == then
     assert then["updates"] > 0
     # ... and the shipped defaults do differ from it (the comparison can fail).

@@ -114,7 +114,14 @@ class MixUnlearnConfig(MethodConfig):
                            choices=("current", "ema", "initial"))
     ema_momentum: float = param(0.999, "EMA momentum m when fixed_net = 'ema'", min=0.0, max=0.99999)
     pair_different_classes: bool = param(False, "re-draw π so paired classes differ where possible "
-                                         "(a deviation from the paper, for data-level forgetting)")
+                                         "(a deviation from the paper, for data-level forgetting; applies "
+                                         "where the random π is used, see pairing)")
+    pairing: str = param("auto", "the unlearner step's partner for each forget image: 'random' (a random π "
+                         "over the retain batch, the paper's), 'runner_up' (a D_r image of f_D's runner-up "
+                         "class for it: its most likely class other than its own), 'auto' (runner_up where "
+                         "the forget image's class is mostly forgotten -- fewer retain than forget images "
+                         "of it, as in class-level forgetting -- else random). runner_up/auto: ours",
+                         choices=("random", "runner_up", "auto"))
     augment: bool = param(False, "use the original training's on-device augmentation on the batches")
     amp: bool = param(True, "on CUDA, run the network forwards in bf16 autocast (MixBlock stays float32)")
     snapshot_every: int = param(2, "generator updates between generator snapshots (update 0 always)",
@@ -154,6 +161,11 @@ class Batch(NamedTuple):
     p_r: torch.Tensor
     z_f: torch.Tensor | None
     z_r: torch.Tensor | None
+    # pairing runner_up / auto only: the unlearner step's mixing partners (images, targets, feature maps), one per
+    # forget image, drawn from D_r's images of f_D's runner-up class for it.
+    x_p: torch.Tensor | None = None
+    p_p: torch.Tensor | None = None
+    z_p: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -233,6 +245,8 @@ class MixUnlearnTrainer:
             else:
                 self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_generator)
         self.opt_u = make_optimizer(self.f_u.parameters(), "adam", cfg.lr)
+        self.runner_up: tuple[torch.Tensor, ...] | None = (self._runner_up_pools() if cfg.pairing != "random"
+                                                           else None)
         self.ema = freeze(copy.deepcopy(model)) if cfg.fixed_net == "ema" else None
         self.generator_updates = 0
         self.snapshots: list[dict[str, Any]] = []
@@ -251,21 +265,70 @@ class MixUnlearnTrainer:
     @torch.no_grad()
     def make_batch(self, f_idx: torch.Tensor, r_idx: torch.Tensor, augment: bool = True) -> Batch:
         """Images (augmented when configured), their targets and their feature maps, all from the
-        exact images fed to the networks."""
+        exact images fed to the networks; with runner-up pairing also the unlearner step's partners."""
+        p_idx = self._runner_up_partners(f_idx) if self.runner_up is not None else None
+        idx = [f_idx, r_idx] if p_idx is None else [f_idx, r_idx, p_idx]
         if augment:
-            x_f, x_r = self.loop.images(f_idx), self.loop.images(r_idx)
+            xs = [self.loop.images(i) for i in idx]
         else:
-            x_f, x_r = self.data.x_train[f_idx], self.data.x_train[r_idx]
-        x = torch.cat([x_f, x_r])
-        n = len(x_f)
+            xs = [self.data.x_train[i] for i in idx]
+        x = torch.cat(xs)
+        n, m = len(f_idx), len(f_idx) + len(r_idx)
         with self.autocast():
             if self.aware:
-                y = self.data.y_train
-                p = F.one_hot(torch.cat([y[f_idx], y[r_idx]]), self.n_classes).float()
+                p = F.one_hot(self.data.y_train[torch.cat(idx)], self.n_classes).float()
             else:
                 p = self._targets_from_logits(self.f_d(x).float())
             z = self.f_d.mix_feature_map(x) if self.use_gen else None
-        return Batch(x_f, x_r, p[:n], p[n:], None if z is None else z[:n], None if z is None else z[n:])
+        zs = (None, None, None) if z is None else (z[:n], z[n:m], z[m:])
+        if p_idx is None:
+            return Batch(xs[0], xs[1], p[:n], p[n:], zs[0], zs[1])
+        return Batch(xs[0], xs[1], p[:n], p[n:m], zs[0], zs[1], xs[2], p[m:], zs[2])
+
+    @torch.no_grad()
+    def _runner_up_pools(self) -> tuple[torch.Tensor, ...] | None:
+        """(runner-up class of every training index (-1 off D_f, and with 'auto' for forget images whose
+        class is not mostly forgotten), D_r's indices sorted by class, each class's first position in
+        that order, each class's count); None when no forget image gets a runner-up partner ('auto' on
+        data-level forgetting: the paper's random π, unchanged). Classes: labels when aware, f_D's
+        predictions when agnostic; the runner-up is f_D's most likely class other than the forget
+        image's own, from the un-augmented image. Computed once: f_D is fixed."""
+        data, dev = self.data, self.device
+
+        def logits_of(idx: torch.Tensor) -> torch.Tensor:
+            out = []
+            for s in range(0, len(idx), 1024):
+                with self.autocast():
+                    out.append(self.f_d(data.x_train[idx[s:s + 1024]]).float())
+            return torch.cat(out)
+
+        lf = logits_of(data.forget_idx)
+        own = data.y_train[data.forget_idx] if self.aware else lf.argmax(1)
+        cls_r = data.y_train[data.retain_idx] if self.aware else logits_of(data.retain_idx).argmax(1)
+        counts = torch.bincount(cls_r, minlength=self.n_classes)
+        lf[torch.arange(len(lf), device=dev), own] = float("-inf")
+        ru = lf.argmax(1)
+        if self.cfg.pairing == "auto":  # runner-up only where the own class is mostly forgotten
+            counts_f = torch.bincount(own, minlength=self.n_classes)
+            ru = torch.where(counts[own] < counts_f[own], ru, torch.full_like(ru, -1))
+            if bool((ru < 0).all()):
+                return None
+        runner_up = torch.full((len(data.x_train),), -1, dtype=torch.long, device=dev)
+        runner_up[data.forget_idx] = ru
+        order = torch.argsort(cls_r, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        return runner_up, data.retain_idx[order], starts, counts
+
+    def _runner_up_partners(self, f_idx: torch.Tensor) -> torch.Tensor:
+        """One D_r index per forget image, uniform over D_r's images of its runner-up class (over all of
+        D_r when it has none, or when that class has no retain image), from the loop's seeded generator."""
+        runner_up, pool, starts, counts = self.runner_up
+        ru = runner_up[f_idx]
+        u = torch.rand(len(f_idx), generator=self.loop.gen, device=self.device)
+        cnt = torch.where(ru >= 0, counts[ru.clamp(min=0)], torch.zeros_like(ru))
+        own = starts[ru.clamp(min=0)] + (u * cnt).long().clamp(max=(cnt - 1).clamp(min=0))
+        anywhere = (u * len(pool)).long().clamp(max=len(pool) - 1)
+        return pool[torch.where(cnt > 0, own, anywhere)]
 
     def pairing(self, b: Batch) -> torch.Tensor:
         """π for the unlearner step: a random permutation, drawn on the device. With
@@ -354,16 +417,21 @@ class MixUnlearnTrainer:
         self.f_u.train()
         parts, out = [], {}
         if cfg.use_l_mix:
-            perm = self.pairing(b)
+            if b.x_p is None:  # partners: the retain batch under a random π
+                perm = self.pairing(b)
+                x_p, p_p = b.x_r[perm], b.p_r[perm]
+                z_p = None if b.z_r is None else b.z_r[perm]
+            else:  # runner-up pairing: drawn per forget image in make_batch
+                perm, x_p, p_p, z_p = None, b.x_p, b.p_p, b.z_p
             if self.g is not None:
                 with torch.no_grad():
                     self.g.eval()
-                    mask = self.g(b.z_f, b.z_r[perm], lam, self.size)
+                    mask = self.g(b.z_f, z_p, lam, self.size)
             else:
                 mask = vanilla_mask(lam, n, self.size, self.device)
-            x_mix = mix_images(b.x_f, b.x_r[perm], mask)
+            x_mix = mix_images(b.x_f, x_p, mask)
             parts.append(x_mix)
-            out.update(perm=perm, mask=mask, x_mix=x_mix)
+            out.update(perm=perm, p_partner=p_p, mask=mask, x_mix=x_mix)
         if cfg.use_l_real:
             parts += [b.x_r, b.x_f]
         with self.autocast():
@@ -372,7 +440,7 @@ class MixUnlearnTrainer:
         losses: dict[str, torch.Tensor] = {}
         loss = probs.new_zeros(())
         if cfg.use_l_mix:
-            a, bb = pair_terms(probs[:n], b.p_r[out["perm"]], b.p_f, lam)
+            a, bb = pair_terms(probs[:n], out["p_partner"], b.p_f, lam)
             l_mix = contrastive_sum(a, bb, cfg.tau_mix, cfg.reduction)
             loss = loss + l_mix
             m_i = out["mask"][:, 0]
