@@ -1,8 +1,10 @@
 """MixUnlearn ablations (METHOD.md §8, the paper's Table 3): label-agnostic, class-level, test split.
 
 Variants of ``mixunlearn_agnostic`` at the family defaults: full; w/o the share constraint
-(``share_constraint="none"``, ours: the paper has no constraint to ablate); w/o MixBlock (vanilla mixup,
-α ∈ {0.35, 0.75, 1.5}); w/o L_real; w/o L_mix; w/o Sharpen. Each runs on every seed, and the
+(``share_constraint="none"``, ours: the paper has no constraint to ablate); w/o runner-up pairing
+(``pairing="random"``, the paper's π; ours); w/o MixBlock (vanilla mixup, α ∈ {0.35, 0.75, 1.5});
+w/o L_real; w/o L_mix; w/o Sharpen. Each runs on every seed (a stored run is reused only when its
+config equals the variant's config under today's defaults), and the
 table gives mean ± std of Test_r / Test_f / ASR, the gap to our Retrain (from the means), and the
 paper's Table 3 row for the same variant (MNIST's rows beside digits, as context only: digits is
 not MNIST). Fashion-MNIST needs its original and Retrain in the default model cache.
@@ -14,6 +16,7 @@ not MNIST). Fashion-MNIST needs its original and Retrain in the default model ca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +41,7 @@ VARIANTS = [
     # (our label, overrides, the paper's Table 3 row name)
     ("MixUnlearn (full)", {}, "MixUnlearn (Ours)"),
     ("w/o constraint", {"share_constraint": "none"}, None),
+    ("w/o runner-up pairing", {"pairing": "random"}, None),
     ("w/o MB (α=0.35)", {"mixer": "vanilla", "vanilla_alpha": 0.35}, "w/o MB (alpha=0.35)"),
     ("w/o MB (α=0.75)", {"mixer": "vanilla", "vanilla_alpha": 0.75}, "w/o MB (alpha=0.75)"),
     ("w/o MB (α=1.5)", {"mixer": "vanilla", "vanilla_alpha": 1.5}, "w/o MB (alpha=1.5)"),
@@ -46,6 +50,10 @@ VARIANTS = [
     ("w/o Sharpen", {"sharpen": False}, "w/o Sharpen"),
 ]
 KEYS = ("test_r", "test_f", "asr")
+
+
+def config_key(cfg) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
 PAPER_NAME = {"digits": "mnist", "fashion_mnist": "fashion_mnist"}
 
 
@@ -64,7 +72,11 @@ def main() -> int:
     out = Path(args.out or f"bench/out/ablations_{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
+    family = "digits" if args.dataset == "digits" else "cnn"  # the tables' models (TABLE_RECIPE)
+    configs = {label: config_key(make_config("mixunlearn_agnostic", family, ov)) for label, ov, _ in VARIANTS}
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+    # A stored run counts only if it was made with the variant's config under today's defaults.
+    rows = [r for r in rows if r["variant"] == "Retrain" or r.get("config") == configs.get(r["variant"])]
     done = {(r["variant"], r["seed"]) for r in rows}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
@@ -73,6 +85,7 @@ def main() -> int:
             continue
         data, original, retrain = load_setting(args.dataset, args.forget, seed, device, args.allow_train,
                                                eval_split="test")
+        assert original.family == family, (original.family, family)
         r_metrics = evaluate(retrain, data, seed)
         if ("Retrain", seed) not in done:
             row = {"variant": "Retrain", "seed": seed, "metrics": r_metrics, "gap": 0.0, "seconds": None}
@@ -84,7 +97,7 @@ def main() -> int:
             t0 = time.time()
             res = run_method("mixunlearn_agnostic", original, data, cfg, device=device)
             m = evaluate(res.model, data, seed)
-            row = {"variant": label, "seed": seed, "overrides": overrides, "metrics": m,
+            row = {"variant": label, "seed": seed, "overrides": overrides, "config": configs[label], "metrics": m,
                    "gap": gap_to_retrain(m, r_metrics, "class"), "seconds": res.seconds,
                    "health": res.extras.get("health", {})}
             rows.append(row)
