@@ -168,12 +168,6 @@ class Batch(NamedTuple):
     z_p: torch.Tensor | None = None
 
 
-def _partners_as_retain(b: Batch) -> Batch:
-    """With runner-up pairing, the batch whose retain side is the drawn partners (pair k = (x_f[k],
-    x_p[k])); unchanged otherwise."""
-    return b if b.x_p is None else b._replace(x_r=b.x_p, p_r=b.p_p, z_r=b.z_p)
-
-
 @contextlib.contextmanager
 def _held_fixed(net: nn.Module):
     """Eval mode (BatchNorm statistics untouched) and no parameter gradients, restored after."""
@@ -269,12 +263,10 @@ class MixUnlearnTrainer:
         return torch.softmax(logits.float(), dim=-1)
 
     @torch.no_grad()
-    def make_batch(self, f_idx: torch.Tensor, r_idx: torch.Tensor, augment: bool = True,
-                   gen: torch.Generator | None = None) -> Batch:
+    def make_batch(self, f_idx: torch.Tensor, r_idx: torch.Tensor, augment: bool = True) -> Batch:
         """Images (augmented when configured), their targets and their feature maps, all from the
-        exact images fed to the networks; with runner-up pairing also the partners of both steps
-        (drawn from ``gen``, default the loop's generator)."""
-        p_idx = self._runner_up_partners(f_idx, gen) if self.runner_up is not None else None
+        exact images fed to the networks; with runner-up pairing also the unlearner step's partners."""
+        p_idx = self._runner_up_partners(f_idx) if self.runner_up is not None else None
         idx = [f_idx, r_idx] if p_idx is None else [f_idx, r_idx, p_idx]
         if augment:
             xs = [self.loop.images(i) for i in idx]
@@ -327,12 +319,12 @@ class MixUnlearnTrainer:
         starts = torch.cumsum(counts, 0) - counts
         return runner_up, data.retain_idx[order], starts, counts
 
-    def _runner_up_partners(self, f_idx: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def _runner_up_partners(self, f_idx: torch.Tensor) -> torch.Tensor:
         """One D_r index per forget image, uniform over D_r's images of its runner-up class (over all of
         D_r when it has none, or when that class has no retain image), from the loop's seeded generator."""
         runner_up, pool, starts, counts = self.runner_up
         ru = runner_up[f_idx]
-        u = torch.rand(len(f_idx), generator=self.loop.gen if gen is None else gen, device=self.device)
+        u = torch.rand(len(f_idx), generator=self.loop.gen, device=self.device)
         cnt = torch.where(ru >= 0, counts[ru.clamp(min=0)], torch.zeros_like(ru))
         own = starts[ru.clamp(min=0)] + (u * cnt).long().clamp(max=(cnt - 1).clamp(min=0))
         anywhere = (u * len(pool)).long().clamp(max=len(pool) - 1)
@@ -355,15 +347,13 @@ class MixUnlearnTrainer:
         return {"current": self.f_u, "ema": self.ema, "initial": self.f_d}[self.cfg.fixed_net]
 
     def generator_step(self, b: Batch, lam: torch.Tensor, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """One update of g on ``L_gen = -S_{τ_gen}`` (π = identity; with runner-up pairing the pairs
-        are (forget, partner), those of the unlearner step; plus ``share_weight`` × the share
+        """One update of g on ``L_gen = -S_{τ_gen}`` (π = identity; plus ``share_weight`` × the share
         penalty with the 'l1' constraint) against the fixed network (``net``, default
         :meth:`fixed_net`), held in eval mode without parameter gradients; only g changes.
         ``l_gen`` is the adversarial part alone, ``l_share`` the penalty (0 unless 'l1')."""
         assert self.g is not None and self.opt_g is not None
         cfg = self.cfg
         net = self.fixed_net() if net is None else net
-        b = _partners_as_retain(b)  # runner-up pairing: g attacks the pairs the unlearner learns from
         self.g.train()
         with _held_fixed(net):
             mask = self.g(b.z_f, b.z_r, lam, self.size)
@@ -499,9 +489,7 @@ class MixUnlearnTrainer:
             g = torch.Generator().manual_seed(self.data.seed * 7919 + 5)
             fi = torch.randperm(len(self.data.forget_idx), generator=g)[:p].to(self.device)
             ri = torch.randperm(len(self.data.retain_idx), generator=g)[:p].to(self.device)
-            gp = torch.Generator(device=self.device).manual_seed(self.data.seed * 7919 + 6)
-            b = self.make_batch(self.data.forget_idx[fi], self.data.retain_idx[ri], augment=False, gen=gp)
-            self._probe = _partners_as_retain(b)  # with runner-up pairing the probes show those pairs
+            self._probe = self.make_batch(self.data.forget_idx[fi], self.data.retain_idx[ri], augment=False)
             self._probe_lams = torch.tensor(PROBE_LAMS, dtype=torch.float32, device=self.device)  # uploaded once
         return self._probe
 
