@@ -37,7 +37,8 @@ CLI = ["-m", "mixunlearn", "run", "--dataset", "digits", "--forget", "class:3", 
        "retrain,mixunlearn,mixunlearn_agnostic", "--seed", "1", "--quiet"]
 
 
-def run_all(specs: list[str], seeds: list[int], out: Path, cache: ModelCache, device: str) -> list[dict]:
+def run_all(specs: list[str], seeds: list[int], out: Path, cache: ModelCache, device: str,
+            params: dict | None = None) -> list[dict]:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -49,7 +50,8 @@ def run_all(specs: list[str], seeds: list[int], out: Path, cache: ModelCache, de
                 continue
             t0 = time.time()
             res = run_experiment(ExperimentConfig(dataset="digits", forget=spec, methods=METHODS, seed=seed,
-                                                  recipe="digits", device=device), cache=cache).to_json()
+                                                  recipe="digits", device=device, params=params or {}),
+                                 cache=cache).to_json()
             res["load_avg"] = os.getloadavg()
             path.write_text(json.dumps(res, indent=1))
             results.append(res)
@@ -181,6 +183,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--methods", default=",".join(METHODS), help="methods to run (Retrain always)")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method hyper-parameter (repeatable), e.g. mixunlearn.pairing=random")
     args = p.parse_args()
     METHODS = tuple(dict.fromkeys(["retrain", *[m for m in args.methods.split(",") if m]]))
     torch.set_num_threads(args.threads)
@@ -193,7 +197,10 @@ def main() -> int:
             f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     parts = [f"**{head}**", ""]
     targets = {}
-    cls = run_all([f"class:{c}" for c in parse_classes(args.classes)], seeds, out, cache, args.device)
+    from mixunlearn.cli import _param_overrides
+
+    params = _param_overrides(args.param)
+    cls = run_all([f"class:{c}" for c in parse_classes(args.classes)], seeds, out, cache, args.device, params)
     text, s = class_table(cls)
     parts += [f"Class-level, forget class {args.classes} x seeds {args.seeds} ({len(cls)} runs):", "", text, ""]
     for m in ("mixunlearn", "mixunlearn_agnostic"):
@@ -204,7 +211,7 @@ def main() -> int:
             targets[f"{m} class time <= 0.2x Retrain"] = (s[m]["time_ratio"], s[m]["time_ratio"] <= 0.2)
     all_runs = list(cls)
     if not args.no_data_level:
-        dat = run_all(["data:5-9:0.4"], seeds, out, cache, args.device)
+        dat = run_all(["data:5-9:0.4"], seeds, out, cache, args.device, params)
         text, s = data_table(dat)
         parts += [f"Data-level, data:5-9:0.4 x seeds {args.seeds}:", "", text, ""]
         for m in ("mixunlearn", "mixunlearn_agnostic"):
