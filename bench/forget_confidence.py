@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from tune_mixunlearn import load_setting  # noqa: E402
 
 from mixunlearn.methods import make_config, run_method  # noqa: E402
 from mixunlearn.metrics import evaluate, gap_to_retrain, predict_logits  # noqa: E402
 from mixunlearn.utils import resolve_device  # noqa: E402
-from tune_mixunlearn import load_setting  # noqa: E402
 
 
 def confidence(model, data) -> dict:

@@ -403,7 +403,8 @@ def test_property_8_gen_loss_is_minus_mix_loss_through_the_trainer(digits_class3
     lam = torch.tensor(0.37)
     losses = {}
     for red in ("mean", "sum"):
-        tr = MixUnlearnTrainer(_Tiny(), d, _cfg(use_l_real=False, tau_gen=5.0, tau_mix=5.0, reduction=red, pairing="random"))
+        cfg = _cfg(use_l_real=False, tau_gen=5.0, tau_mix=5.0, reduction=red, pairing="random")
+        tr = MixUnlearnTrainer(_Tiny(), d, cfg)
         b = _first_batch(tr, 16)
         tr.pairing = lambda _b: torch.arange(16)  # the generator step's π = identity
         l_gen = _gen_loss_now(tr, b, lam)
