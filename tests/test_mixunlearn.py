@@ -324,6 +324,26 @@ def test_pair_runner_up_agnostic_reads_no_labels_and_off_changes_nothing(digits_
     assert b0.x_p is None and b0.p_p is None and b0.z_p is None
 
 
+def test_runner_up_partners_keep_forget_outputs_confident(digits_class3):
+    """The mechanism behind the class-level ASR (docs/mixunlearn.md, round r5): with the paper's random
+    partners, L_mix makes f_U's outputs on D_f diffuse (the attack reads them as non-members); the
+    runner-up partners keep them confident, as Retrain's are. Shipped digits budget, both pairings."""
+    d, original, retrain = digits_class3
+    x_f = d.x_train[d.forget_idx]
+
+    def top(model) -> float:
+        return float(predict_logits(model, x_f).softmax(1).max(1).values.mean())
+
+    tops = {}
+    for pairing in ("random", "auto"):
+        out = run_method("mixunlearn", original, d, make_config("mixunlearn", original.family, {"pairing": pairing}),
+                         device=d.device)
+        assert _test_f(out.model, d) == 0.0  # both forget the class
+        tops[pairing] = top(out.model)
+    assert tops["auto"] > tops["random"] + 0.05, tops
+    assert tops["auto"] > top(retrain) - 0.1, (tops, top(retrain))
+
+
 def test_pairing_auto_picks_runner_up_at_class_level_only(digits_class3, digits_data_level):
     """'auto': class-level forgetting (the forget class has no retain image) gets runner-up partners;
     data-level forgetting (60 % of each class stays) keeps the paper's random π, bit for bit."""
