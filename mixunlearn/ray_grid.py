@@ -243,6 +243,34 @@ def _fmt_secs(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _drain(pending: dict, handle: Callable[[Any, Any], str], write: Callable[[str], None], *, desc: str,
+           unit: str, quiet: bool) -> None:
+    """Hand each of ``pending``'s Ray tasks (ref -> tag) to ``handle(ref, tag)`` as it finishes and
+    write the line it returns as "[n/total] LINE · eta H:MM:SS", with a progress bar. If ``handle``
+    raises, or on Ctrl-C, the tasks still queued or running are cancelled: what ``handle`` already
+    stored stays, so a rerun resumes from there."""
+    from tqdm import tqdm
+
+    total, done, start = len(pending), 0, time.time()
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                tag = pending.pop(ref)
+                line = handle(ref, tag)
+                done += 1
+                bar.update(1)
+                write(f"[{done}/{total}] {line} · eta {_fmt_secs((time.time() - start) / done * (total - done))}")
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+
+
 def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *, threads: int = 1,
                  reuse: bool = True, quiet: bool = False, on_cell: Callable[[Cell, dict], None] | None = None,
                  write: Callable[[str], None] | None = None) -> list[str]:
@@ -268,7 +296,6 @@ def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *,
             plans.append(SeedPlan(i, cfg, path, stored, to_run))
 
     pending: dict[Any, Cell] = {}
-    start = time.time()
     for plan in plans:
         if plan.stored is not None and not plan.to_run:
             write(f"reusing {plan.path} (same config, every method done)")
@@ -287,43 +314,25 @@ def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *,
             ref = method_cell.options(**opts).remote(cfg_dict, name, head_ref, weights_ref, threads)
             pending[ref] = Cell(plan, name)
 
-    total = len(pending)
-    bar = tqdm(total=total, desc="cells", unit="cell", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet or not sys.stderr.isatty())
-    done = 0
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for ref in ready:
-                cell = pending.pop(ref)
-                result = _get(ref, cell)
-                plan = cell.plan
-                if cell.name == "original+retrain":
-                    plan.head = result
-                    plan.where["original+retrain"] = result["where"]
-                    detail = _prep_detail(result)
-                else:
-                    plan.records[cell.name] = result["record"]
-                    plan.where[cell.name] = result["where"]
-                    detail = _method_detail(result["record"])
-                plan.written = plan.document()
-                write_seed(plan.path, plan.written)
-                done += 1
-                bar.update(1)
-                elapsed = time.time() - start
-                eta = elapsed / done * (total - done)
-                write(f"[{done}/{total}] {plan.label} · {cell.name}: {detail} "
-                      f"on {result['where']['host']}/{result['where']['node']} · eta {_fmt_secs(eta)}")
-                if on_cell is not None:
-                    on_cell(cell, result)
-    except BaseException:
-        # Ctrl-C (or a failed cell): stop what is still queued or running; every finished cell is
-        # already in its seed file, so a rerun resumes from there.
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        bar.close()
+    def handle(ref, cell: Cell) -> str:
+        result = _get(ref, cell)
+        plan = cell.plan
+        if cell.name == "original+retrain":
+            plan.head = result
+            plan.where["original+retrain"] = result["where"]
+            detail = _prep_detail(result)
+        else:
+            plan.records[cell.name] = result["record"]
+            plan.where[cell.name] = result["where"]
+            detail = _method_detail(result["record"])
+        plan.written = plan.document()
+        write_seed(plan.path, plan.written)
+        if on_cell is not None:
+            on_cell(cell, result)
+        return f"{plan.label} · {cell.name}: {detail} on {result['where']['host']}/{result['where']['node']}"
+
+    # Ctrl-C or a failed cell cancels the rest; every finished cell is already in its seed file.
+    _drain(pending, handle, write, desc="cells", unit="cell", quiet=quiet)
 
     tables = []
     for i, (_, out) in enumerate(settings):
@@ -415,33 +424,22 @@ def prefill_retrained_pools(cfg, data, recipe, *, threads: int = 1, quiet: bool 
             if all(p.is_file() for p in cache.paths(key)):
                 continue
             pending[pool_member_cell.options(**opts).remote(task, recipe, seed, threads)] = (stream, i, seed, key)
-    total, done, start = len(pending), 0, time.time()
-    bar = tqdm(total=total, desc="pool members", unit="model", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet or not sys.stderr.isatty())
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for ref in ready:
-                stream, i, seed, key = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    if isinstance(exc.cause, BaseException):
-                        raise exc.cause from None
-                    raise RuntimeError(f"pool member {stream} {i + 1}: {str(exc).splitlines()[0]}") from None
-                model = build_model(cfg.model, data.info, seed=seed)
-                load_state_checked(model, load(result["weights"]))
-                _save_member(data, cfg.model, recipe, seed, cache, key, model, result["seconds"])
-                done += 1
-                bar.update(1)
-                eta = (time.time() - start) / done * (total - done)
-                how = "cached there" if result["cached"] else f"trained {result['seconds']:.1f} s"
-                write(f"[{done}/{total}] retrained pool ({stream}) member {i + 1}/{cfg.pool}: {how} on "
-                      f"{result['where']['host']}/{result['where']['node']} · eta {_fmt_secs(eta)}")
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        bar.close()
+    total = len(pending)
+
+    def handle(ref, tag: tuple[str, int, int, str]) -> str:
+        stream, i, seed, key = tag
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, BaseException):
+                raise exc.cause from None
+            raise RuntimeError(f"pool member {stream} {i + 1}: {str(exc).splitlines()[0]}") from None
+        model = build_model(cfg.model, data.info, seed=seed)
+        load_state_checked(model, load(result["weights"]))
+        _save_member(data, cfg.model, recipe, seed, cache, key, model, result["seconds"])
+        how = "cached there" if result["cached"] else f"trained {result['seconds']:.1f} s"
+        return (f"retrained pool ({stream}) member {i + 1}/{cfg.pool}: {how} on "
+                f"{result['where']['host']}/{result['where']['node']}")
+
+    _drain(pending, handle, write, desc="pool members", unit="model", quiet=quiet)
     return total

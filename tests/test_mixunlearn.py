@@ -350,6 +350,7 @@ def test_pairing_auto_picks_runner_up_at_class_level_only(digits_class3, digits_
     d, original, _ = digits_class3
     tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="auto"))
     assert tr.runner_up is not None and bool((tr.runner_up[0][d.forget_idx] >= 0).all())
+    assert MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="auto", use_l_mix=False)).runner_up is None
     d2, original2, _ = digits_data_level
     auto = MixUnlearnTrainer(copy.deepcopy(original2), d2, _cfg(pairing="auto", epochs=1))
     assert auto.runner_up is None

@@ -245,8 +245,9 @@ class MixUnlearnTrainer:
             else:
                 self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_generator)
         self.opt_u = make_optimizer(self.f_u.parameters(), "adam", cfg.lr)
-        self.runner_up: tuple[torch.Tensor, ...] | None = (self._runner_up_pools() if cfg.pairing != "random"
-                                                           else None)
+        # Partners exist only for L_mix's mixes: without it (the "w/o L_mix" ablation) nothing is built.
+        self.runner_up: tuple[torch.Tensor, ...] | None = (self._runner_up_pools()
+                                                           if cfg.pairing != "random" and cfg.use_l_mix else None)
         self.ema = freeze(copy.deepcopy(model)) if cfg.fixed_net == "ema" else None
         self.generator_updates = 0
         self.snapshots: list[dict[str, Any]] = []
