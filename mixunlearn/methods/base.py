@@ -243,7 +243,7 @@ def parse_param_overrides(items: Iterable[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"malformed --param {item!r}; use METHOD.FIELD=VALUE, e.g. mixunlearn.lr_unlearner=1e-4")
+            raise ValueError(f"malformed --param {item!r}; use METHOD.FIELD=VALUE, e.g. mixunlearn.lr=1e-4")
         key, value = item.split("=", 1)
         method, fld = key.split(".", 1)
         if not method or not fld or not value.strip():
