@@ -88,7 +88,7 @@ def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, li
     """What of the seed document at ``path`` can stand for ``cfg`` (a resolved config).
 
     Returns ``(doc, to_run)``. ``doc`` is the stored document when it is the same experiment --
-    every field of the config but the method list and their parameters equal, Retrain done with
+    every field of the config but the method list, their parameters and ``download`` equal, Retrain done with
     the same recipe -- else None (and everything must run). ``to_run`` lists the methods of
     ``cfg`` whose stored record is missing, not done, or made with other hyper-parameters than
     the code would use now (a change of defaults is never mistaken for a finished run)."""
@@ -99,7 +99,8 @@ def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, li
         return None, wanted
     if not isinstance(res, dict) or not isinstance(res.get("methods"), dict) or not isinstance(res.get("config"), dict):
         return None, wanted
-    same = lambda d: {k: v for k, v in d.items() if k not in ("methods", "params")}  # noqa: E731
+    # Whether data may be downloaded changes no result: a table made with --no-download resumes without it.
+    same = lambda d: {k: v for k, v in d.items() if k not in ("methods", "params", "download")}  # noqa: E731
     if same(res["config"]) != same(_as_json(cfg.to_dict())):
         return None, wanted
     family = budget_profile(MODELS[cfg.model].builder.family, cfg.recipe)

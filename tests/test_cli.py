@@ -3,6 +3,7 @@ run with cache reuse, `bench`, and bad arguments (one line on stderr, exit code 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -369,6 +370,9 @@ def test_bench_resumes_from_matching_seed_files_only(warm_home, digits_class3, t
                            params={"neggrad": {"epochs": 1}}, attacks=False).resolved()
     good = seed0.read_text()
     assert reusable_result(seed0, cfg) is not None
+    # Whether downloads were allowed changes no result; another data field does.
+    assert reusable_result(seed0, dataclasses.replace(cfg, download=not cfg.download)) is not None
+    assert reusable_result(seed0, dataclasses.replace(cfg, eval_split="val")) is None
     doc = json.loads(good)
     doc["methods"]["neggrad"]["config"]["lr"] *= 10
     seed0.write_text(json.dumps(doc))
