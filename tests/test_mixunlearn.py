@@ -359,7 +359,29 @@ def test_pairing_auto_picks_runner_up_at_class_level_only(digits_class3, digits_
     assert _same(_state(auto.f_u), _state(rand.f_u))
 
 
-# --------------------------------------------------------------------------- adversary and determinism
+
+def test_pairing_runner_up_is_auto_at_class_level_except_agnostic_misreads(digits_class3):
+    """The 2-conv CNN ships 'runner_up' (data level too); at class level it must be 'auto': the same
+    partner pools when aware. Agnostic, the two differ only on forget images that f_D predicts as a
+    retained class ('auto' gives those a random partner, 'runner_up' a runner-up one). Five forget
+    images are overwritten with retain images of other classes so that such misreads exist."""
+    d, original, _ = digits_class3
+    aw = {p: MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing=p)).runner_up
+          for p in ("auto", "runner_up")}
+    assert all(torch.equal(a, b) for a, b in zip(aw["auto"], aw["runner_up"]))
+    x = d.x_train.clone()
+    x[d.forget_idx[:5]] = x[d.retain_idx[:5]]
+    d2 = dataclasses.replace(d, x_train=x)
+    ag = {p: MixUnlearnTrainer(copy.deepcopy(original), d2, _cfg(pairing=p, label_mode="agnostic")).runner_up
+          for p in ("auto", "runner_up")}
+    auto_ru, ru = ag["auto"][0][d.forget_idx], ag["runner_up"][0][d.forget_idx]
+    assert bool((ru >= 0).all())
+    kept = auto_ru >= 0
+    assert torch.equal(auto_ru[kept], ru[kept])
+    pred = predict_logits(original, x[d.forget_idx]).argmax(1)
+    misread = pred != d.y_train[d.forget_idx]
+    assert int(misread.sum()) >= 3 and torch.equal(~kept, misread)  # random partners exactly there
+    assert all(torch.equal(a, b) for a, b in zip(ag["auto"][1:], ag["runner_up"][1:]))
 
 
 def test_property_16_toy_adversary(digits_class3):
