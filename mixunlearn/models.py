@@ -38,11 +38,20 @@ class UnlearnModel(nn.Module):
     family: str = "cnn"
     head: nn.Module
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def mix_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def features_from_map(self, z: torch.Tensor) -> torch.Tensor:
+        """The embedding from MixBlock's feature map ``z = mix_feature_map(x)``."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from_map(self.mix_feature_map(x))
+
+    def logits_from_map(self, z: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` from ``z = mix_feature_map(x)``, the same operations in the same order, so
+        a caller that needs both the map and the logits runs the trunk once."""
+        return self.head(self.features_from_map(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -75,8 +84,8 @@ class DigitsCNN(UnlearnModel):
     def mix_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.block1(self.normalize(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.block2(self.mix_feature_map(x)))
+    def features_from_map(self, z: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.block2(z))
 
 
 class CNN2(UnlearnModel):
@@ -100,8 +109,8 @@ class CNN2(UnlearnModel):
     def mix_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(self.normalize(x)))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc1(torch.flatten(self.mix_feature_map(x), 1))
+    def features_from_map(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc1(torch.flatten(z, 1))
 
 
 class BasicBlock(nn.Module):
@@ -151,8 +160,8 @@ class ResNet18(UnlearnModel):
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         return self.layer3(self.layer2(self.layer1(out)))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layer4(self.mix_feature_map(x))
+    def features_from_map(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.layer4(z)
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 

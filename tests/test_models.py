@@ -30,6 +30,8 @@ def test_shapes_and_forward_is_head_of_features(name, info, fmap, emb, family):
         feats = model.features(x)
         fm = model.mix_feature_map(x)
         assert torch.allclose(logits, model.head(feats), atol=1e-6)
+        # MixUnlearn's agnostic batches take the map and the logits from one trunk pass: exactly forward
+        assert torch.equal(model.logits_from_map(fm), logits)
     assert logits.shape == (3, 10)
     assert feats.shape == (3, emb)
     assert fm.shape == (3, *fmap)

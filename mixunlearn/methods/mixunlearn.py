@@ -279,11 +279,12 @@ class MixUnlearnTrainer:
         x = torch.cat(xs)
         n, m = len(f_idx), len(f_idx) + len(r_idx)
         with self.autocast():
+            z = self.f_d.mix_feature_map(x) if self.use_gen else None
             if self.aware:
                 p = F.one_hot(self.data.y_train[torch.cat(idx)], self.n_classes).float()
-            else:
-                p = self._targets_from_logits(self.f_d(x).float())
-            z = self.f_d.mix_feature_map(x) if self.use_gen else None
+            else:  # f_D's trunk runs once for both the map and the targets
+                logits = self.f_d(x) if z is None else self.f_d.logits_from_map(z)
+                p = self._targets_from_logits(logits.float())
         zs = (None, None, None) if z is None else (z[:n], z[n:m], z[m:])
         if p_idx is None:
             return Batch(xs[0], xs[1], p[:n], p[n:], zs[0], zs[1])
