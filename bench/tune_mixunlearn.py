@@ -35,7 +35,7 @@ from mixunlearn.experiment import ExperimentConfig, prepare_data  # noqa: E402
 from mixunlearn.methods import make_config, run_method  # noqa: E402
 from mixunlearn.metrics import evaluate, gap_to_retrain  # noqa: E402
 from mixunlearn.progress import NonFiniteLossError  # noqa: E402
-from mixunlearn.training import TABLE_RECIPE, ModelCache, get_recipe, get_trained  # noqa: E402
+from mixunlearn.training import TABLE_RECIPE, ModelCache, budget_profile, get_recipe, get_trained  # noqa: E402
 from mixunlearn.utils import resolve_device  # noqa: E402
 
 FAMILIES = {
@@ -77,12 +77,12 @@ def build_candidates(base: dict[str, str], oat: list[str], cands: list[str]) -> 
 
 
 def load_setting(dataset: str, spec: str, seed: int, device, allow_train: bool, eval_split: str = "val",
-                 cache: ModelCache | None = None):
+                 cache: ModelCache | None = None, recipe: str | None = None):
     """(data, original, retrain) of one setting. Models come from ``cache`` (default: the default
     model cache); missing digits models are trained, others only with ``allow_train``."""
     # The tables' recipe (LAF's for Fashion-MNIST, "digits" for digits), not the interactive fast default.
     cfg = ExperimentConfig(dataset=dataset, forget=spec, seed=seed, eval_split=eval_split, methods=("retrain",),
-                           recipe=TABLE_RECIPE.get(dataset), device=str(device)).resolved()
+                           recipe=recipe or TABLE_RECIPE.get(dataset), device=str(device)).resolved()
     data = prepare_data(cfg, device)
     recipe = get_recipe(cfg.recipe)
     cache = cache or ModelCache()
@@ -168,6 +168,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--allow-train", action="store_true")
+    p.add_argument("--recipe", default=None, help="training recipe of the originals and Retrains (default: the "
+                   "tables' recipe, TABLE_RECIPE); a fast recipe tunes the family's fast budget profile")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,8 +192,8 @@ def main() -> int:
                     if (candidate_key(c), m, spec, seed) not in done]
             if not todo:
                 continue
-            data, original, retrain = load_setting(dataset, spec, seed, device, args.allow_train)
-            family = original.family
+            data, original, retrain = load_setting(dataset, spec, seed, device, args.allow_train, recipe=args.recipe)
+            family = budget_profile(original.family, args.recipe)
             r_metrics = evaluate(retrain, data, seed)
             level = data.spec.level
             for cand, mode in todo:
