@@ -359,7 +359,6 @@ def test_pairing_auto_picks_runner_up_at_class_level_only(digits_class3, digits_
     assert _same(_state(auto.f_u), _state(rand.f_u))
 
 
-
 def test_pairing_runner_up_is_auto_at_class_level_except_agnostic_misreads(digits_class3):
     """The 2-conv CNN ships 'runner_up' (data level too); at class level it must be 'auto': the same
     partner pools when aware. Agnostic, the two differ only on forget images that f_D predicts as a
@@ -382,6 +381,9 @@ def test_pairing_runner_up_is_auto_at_class_level_except_agnostic_misreads(digit
     misread = pred != d.y_train[d.forget_idx]
     assert int(misread.sum()) >= 3 and torch.equal(~kept, misread)  # random partners exactly there
     assert all(torch.equal(a, b) for a, b in zip(ag["auto"][1:], ag["runner_up"][1:]))
+
+
+# --------------------------------------------------------------------------- adversary and determinism
 
 
 def test_property_16_toy_adversary(digits_class3):

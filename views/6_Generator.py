@@ -28,8 +28,9 @@ st.caption("MixUnlearn's generator mixes a forget image x_f and a retain image x
            "forget share, shown on a fixed 0–1 scale). It is trained adversarially to make mixes the unlearner "
            "still reads as the forget class; the unlearner learns to move them to the retain target. The vanilla "
            "λ-mix λ·x_f + (1−λ)·x_r is shown for contrast. The pairs shown are the generator's own (random) pairs; "
-           "when a whole class is forgotten, the unlearner applies its masks to each forget image and a retain "
-           "image of the class the original model ranks second for it (pairing 'auto', docs/mixunlearn.md).")
+           "with runner-up pairing the unlearner applies its masks to each forget image and a retain image of the "
+           "class the original model ranks second for it (the default: where a whole class is forgotten, and for "
+           "the 2-conv CNN everywhere; docs/mixunlearn.md).")
 picked = widgets.require_run("on the Generator page")
 if picked is not None:
     run_id, row, tensors = picked

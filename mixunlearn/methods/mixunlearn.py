@@ -137,8 +137,8 @@ class MixUnlearnConfig(MethodConfig):
         # digits: the generator settings of validation rounds r1-r3 (docs/mixunlearn.md, "The generator").
         "digits": {"epochs": 10, "snapshot_every": 1, "alpha": 2.0, "lr_generator": 3e-2},
         # pairing: runner-up partners at data level too (validation, data:5-9:0.4 x seeds 0, 1: mean gap
-        # 1.63 -> 0.82; docs/mixunlearn.md, round r6). At class level 'auto' already pairs every forget
-        # image with its runner-up class, so class-level runs are bit-identical to 'auto'.
+        # 1.63 -> 0.81; docs/mixunlearn.md, round r6). At class level this is 'auto' when label-aware;
+        # agnostic, it also pairs the forget images f_D misreads as a retained class with their runner-up.
         "cnn": {"lr": 1e-4, "epochs": 5, "snapshot_every": 10, "pairing": "runner_up"},
         # The fast recipe's originals (recipe cnn_fast, budget "fast"): one pass over D_f, chosen on the
         # Fashion-MNIST validation split (docs/benchmarks.md, "Fast recipes"); snapshots every 4 updates.
