@@ -700,6 +700,40 @@ def test_gpu_speed_script_cpu_path():
         assert row["peak_mem_mib"] is None and row["amp"] is False  # no CUDA here
 
 
+def test_generator_health_script_summarises_runs_against_the_bars(tmp_path, capsys):
+    """bench/generator_health.py (the command behind the docs' health means) averages the last
+    snapshot's health over result files, per method and pooled, and says which bars are met."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "generator_health.py"
+    spec = importlib.util.spec_from_file_location("generator_health", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def health(gain, std=0.1, collapse=""):
+        return {"update": 9, "share_err": 0.0, "share_slope": 1.0, "std_mid": std, "gain_retain": gain,
+                "gain_forget": 0.0, "collapse": collapse}
+
+    for seed, (g_aw, g_ag) in enumerate([(0.05, -0.03), (0.01, 0.0)]):
+        res = {"methods": {"mixunlearn": {"generator": health(g_aw)},
+                           "mixunlearn_agnostic": {"generator": health(g_ag, collapse="forget" if seed else "")},
+                           "finetune": {"metrics": {}}}}
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps(res))
+    assert mod.main([str(tmp_path / "seed*.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| mixunlearn | 2 | " in out and "+0.030 (+0.010 … +0.050)" in out  # aware mean gain 0.03
+    assert "-0.015 (-0.030 … +0.000)" in out and "| all | 4 | " in out and "+0.008" in out
+    assert "mixunlearn: share_err met, std_mid met, gain_retain met, collapse met" in out
+    assert "mixunlearn_agnostic: share_err met, std_mid met, gain_retain NOT met, collapse NOT met" in out
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="no 'methods' block"):
+        mod.main([str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="no file matches"):
+        mod.main([str(tmp_path / "none*.json")])
+
+
 def test_generator_movement_summarises_the_history():
     from mixunlearn.methods.mixunlearn import generator_movement
 
