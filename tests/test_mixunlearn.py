@@ -186,6 +186,38 @@ def test_property_12_generator_steps_every_k_iterations(digits_class3, k):
     assert len(seen) == math.ceil(total / k) == out.extras["generator_updates"]
 
 
+def test_max_steps_caps_the_run_and_is_exact_when_it_does_not_bind(digits_class3):
+    d, original, _ = digits_class3
+    spe = math.ceil(len(d.forget_idx) / 32)
+    capped = _trainer(digits_class3, _cfg(epochs=3, max_steps=spe + 2))
+    out = capped.run()
+    assert out.extras["steps"] == capped.total == spe + 2  # stops inside the second pass
+    assert out.extras["generator_updates"] == math.ceil((spe + 2) / 4)
+    assert len(out.extras["history"]) and out.extras["history"][-1]["step"] == spe + 2
+    runs = [_trainer(digits_class3, _cfg(epochs=2, max_steps=m)).run().model for m in (0, 2 * spe, 10 * spe)]
+    assert out.extras["steps"] < 2 * spe
+    assert _same(_state(runs[0]), _state(runs[1])) and _same(_state(runs[0]), _state(runs[2]))
+
+
+def test_digits_step_cap_leaves_every_class_level_run_unchanged_and_binds_at_data_level():
+    """The digits default max_steps is the class-level budget: no digits class on either split reaches
+    it (so those runs are bit for bit the uncapped ones), while data:5-9:0.4 does (and stops there)."""
+    from mixunlearn.data import make_split
+    from mixunlearn.datasets import load_dataset
+
+    cfg = make_config("mixunlearn", "digits")
+    assert cfg.max_steps > 0
+    ds = load_dataset("digits")
+    for split in ("test", "val"):
+        for spec in [f"class:{k}" for k in range(10)] + ["data:5-9:0.4"]:
+            n_f = len(make_split(ds, spec, 0, eval_split=split).forget_idx)
+            uncapped = cfg.epochs * math.ceil(n_f / cfg.batch_size)
+            if spec.startswith("class"):
+                assert uncapped <= cfg.max_steps, (split, spec, uncapped)
+            else:
+                assert uncapped > cfg.max_steps, (split, spec, uncapped)
+
+
 # --------------------------------------------------------------------------- label modes and ablations
 
 
