@@ -40,7 +40,10 @@ from .utils import resolve_device, synchronize
 # each, less once the app's warm-up has compiled the kernels; the image-count term below adds the rest.
 PROJECTION_SECONDS = 1.5
 FALLBACK_RATIO = 0.2  # a method with no measurement on this model and recipe
-_SCALED_FIELDS = ("epochs", "steps", "iterations", "max_steps")
+_SCALED_FIELDS = ("epochs", "steps", "iterations")
+# A cap on the iterations (MixUnlearn's max_steps, 0 = none) binds only when the run would be longer:
+# a lower cap scales the measured ratio down at most in proportion; a higher cap or none leaves it.
+_CAP_FIELDS = ("max_steps",)
 
 
 @dataclass
@@ -194,6 +197,9 @@ def method_ratio(method: str, model: str, recipe: str, overrides: dict[str, Any]
         new = config_to_dict(make_config(method, family, overrides))
         for f in _SCALED_FIELDS:
             if f in base and isinstance(base[f], int | float) and base[f] and new[f] != base[f]:
+                ratio *= float(new[f]) / float(base[f])
+        for f in _CAP_FIELDS:
+            if f in base and base[f] and new[f] and new[f] < base[f]:
                 ratio *= float(new[f]) / float(base[f])
     return ratio, source
 

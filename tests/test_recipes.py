@@ -208,6 +208,20 @@ def test_method_costs_cover_the_defaults():
             assert m in costs["digits_cnn/digits_fast"], m
 
 
+def test_method_ratio_scales_with_budget_overrides_and_a_step_cap_only_downwards():
+    base, _ = estimate.method_ratio("mixunlearn", "digits_cnn", "digits_fast", None, "digits")
+    cap = make_config("mixunlearn", "digits").max_steps
+    assert cap > 0 and base > 0
+
+    def ratio(**over):
+        return estimate.method_ratio("mixunlearn", "digits_cnn", "digits_fast", over, "digits")[0]
+
+    assert ratio(epochs=20) == pytest.approx(2 * base)  # epochs scale the run
+    assert ratio(max_steps=cap // 2) == pytest.approx(base * (cap // 2) / cap)  # a lower cap can cut it
+    assert ratio(max_steps=0) == pytest.approx(base)  # no cap: never an estimate of 0 s
+    assert ratio(max_steps=10 * cap) == pytest.approx(base)  # a higher cap need not lengthen a class-level run
+
+
 def test_format_seconds():
     assert estimate.format_seconds(3.21) == "3.2 s"
     assert estimate.format_seconds(42) == "42 s"
