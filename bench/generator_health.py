@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("share_err", "share_slope", "std_mid", "gain_retain", "gain_forget")
-BARS = {"share_err": ("<=", 0.05), "std_mid": (">=", 0.05), "gain_retain": (">=", 0.02)}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixunlearn.analysis import HEALTH_KEYS as KEYS  # noqa: E402
+
+# Issue 11's bars on the mean over runs: (health key, "<=" or ">=", bound); and no run collapsed.
+BARS = (("share_err", "<=", 0.05), ("std_mid", ">=", 0.05), ("gain_retain", ">=", 0.02))
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -59,12 +62,9 @@ def collect(paths: list[Path], methods: list[str]) -> dict[str, list[dict]]:
 def summary_row(label: str, hs: list[dict]) -> tuple[str, dict[str, bool]]:
     col = {k: np.array([h[k] for h in hs if h.get(k) is not None], dtype=float) for k in KEYS}
     collapsed = sum(bool(h.get("collapse")) for h in hs)
-    met = {
-        "share_err": bool(col["share_err"].size) and float(col["share_err"].mean()) <= 0.05,
-        "std_mid": bool(col["std_mid"].size) and float(col["std_mid"].mean()) >= 0.05,
-        "gain_retain": bool(col["gain_retain"].size) and float(col["gain_retain"].mean()) >= 0.02,
-        "collapse": collapsed == 0,
-    }
+    met = {k: bool(col[k].size) and (float(col[k].mean()) <= bound if op == "<=" else float(col[k].mean()) >= bound)
+           for k, op, bound in BARS}
+    met["collapse"] = collapsed == 0
 
     def mmm(k: str) -> str:
         v = col[k]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 import random
@@ -90,17 +91,12 @@ def device_generator(seed: int, device: torch.device) -> torch.Generator:
     return g
 
 
-_LAZY_IMPORTS_DONE = False
-
-
+@functools.cache
 def warm_lazy_imports() -> None:
-    """Pay torch's one-time lazy imports now: the first optimizer a process builds imports
-    ``torch._dynamo`` (1.3-2.3 s on the 2-core dev machine), which would otherwise land inside the
-    first timed region, i.e. in whichever method or model happens to train first in the process."""
-    global _LAZY_IMPORTS_DONE
-    if not _LAZY_IMPORTS_DONE:
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        _LAZY_IMPORTS_DONE = True
+    """Pay torch's one-time lazy imports now (once per process): the first optimizer a process
+    builds imports ``torch._dynamo`` (1.3-2.3 s on the 2-core dev machine), which would otherwise
+    land inside the first timed region, i.e. in whichever method or model trains first."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -195,7 +195,6 @@ def test_max_steps_caps_the_run_and_is_exact_when_it_does_not_bind(digits_class3
     assert out.extras["generator_updates"] == math.ceil((spe + 2) / 4)
     assert len(out.extras["history"]) and out.extras["history"][-1]["step"] == spe + 2
     runs = [_trainer(digits_class3, _cfg(epochs=2, max_steps=m)).run().model for m in (0, 2 * spe, 10 * spe)]
-    assert out.extras["steps"] < 2 * spe
     assert _same(_state(runs[0]), _state(runs[1])) and _same(_state(runs[0]), _state(runs[2]))
 
 

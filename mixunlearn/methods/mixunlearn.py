@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -622,25 +623,22 @@ class MixUnlearnTrainer:
         cfg, loop, data = self.cfg, self.loop, self.data
         self.warm_up()
         stream = loop.stream(data.retain_idx, self.n)
+        # Passes over D_f, drawn lazily (a pass's order when it starts), cut at self.total (max_steps).
+        passes = (f_idx for _ in range(cfg.epochs) for f_idx in loop.batches(data.forget_idx, self.n))
         t = 0
-        for _ in range(cfg.epochs):
-            if t == self.total:  # max_steps reached
-                break
-            for f_idx in loop.batches(data.forget_idx, self.n):
-                if t == self.total:
-                    break
-                b = self.make_batch(f_idx, self._retain_batch(stream, len(f_idx)))
-                losses: dict[str, torch.Tensor] = {}
-                if self.use_gen and t % cfg.gen_interval == 0:
-                    if self._snapshot_due():
-                        self.snapshot(t)
-                    g_out = self.generator_round(b, t)
-                    losses["l_gen"] = g_out["l_gen"]
-                    if "l_share" in g_out:
-                        losses["l_share"] = g_out["l_share"]
-                losses.update(self.unlearner_step(b, self.lam_mix[t])["losses"])
-                loop.step(losses)
-                t += 1
+        for f_idx in itertools.islice(passes, self.total):
+            b = self.make_batch(f_idx, self._retain_batch(stream, len(f_idx)))
+            losses: dict[str, torch.Tensor] = {}
+            if self.use_gen and t % cfg.gen_interval == 0:
+                if self._snapshot_due():
+                    self.snapshot(t)
+                g_out = self.generator_round(b, t)
+                losses["l_gen"] = g_out["l_gen"]
+                if "l_share" in g_out:
+                    losses["l_share"] = g_out["l_share"]
+            losses.update(self.unlearner_step(b, self.lam_mix[t])["losses"])
+            loop.step(losses)
+            t += 1
         if self.use_gen and (not self.snapshots or self.snapshots[-1]["update"] != self.generator_updates):
             self.snapshot(t)
         model = loop.finish(self.f_u)
