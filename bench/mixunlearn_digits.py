@@ -197,9 +197,9 @@ def main() -> int:
             f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     parts = [f"**{head}**", ""]
     targets = {}
-    from mixunlearn.cli import _param_overrides
+    from mixunlearn.cli import param_overrides
 
-    params = _param_overrides(args.param)
+    params = param_overrides(args.param)
     cls = run_all([f"class:{c}" for c in parse_classes(args.classes)], seeds, out, cache, args.device, params)
     text, s = class_table(cls)
     parts += [f"Class-level, forget class {args.classes} x seeds {args.seeds} ({len(cls)} runs):", "", text, ""]

@@ -245,7 +245,7 @@ def cmd_list() -> int:
     return 0
 
 
-def _param_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+def param_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
     """``--param`` values by method and field; a field given twice is an error (the last one used
     to win silently)."""
     from .methods import parse_param_overrides
@@ -283,7 +283,7 @@ def _shorten_inputs(message: str, texts: Sequence[str | None]) -> str:
 def _experiment_config(args, seed: int):
     from .experiment import ExperimentConfig
 
-    params = _param_overrides(args.param)
+    params = param_overrides(args.param)
     inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
               *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
     try:
@@ -460,7 +460,7 @@ def cmd_evaluate(args) -> int:
     from .strong_eval import StrongEvalConfig, format_table, run_strong_evaluation, write_evaluation
     from .utils import check_home, check_writable_dir
 
-    params = _param_overrides(args.param)
+    params = param_overrides(args.param)
     inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
               *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
     try:
