@@ -43,6 +43,16 @@ def ratios_of(doc: dict) -> tuple[str, dict[str, float], float]:
     return f"{cfg['model']}/{cfg['recipe']}", out, retrain
 
 
+def merge_provenance(old: dict | list | None, entry: dict) -> list[dict]:
+    """The key's provenance after an update of ``entry["methods"]``: one entry per measurement, newest
+    last. An update of some methods keeps the entries behind the others (it used to replace them all);
+    an entry is dropped once every method it measured has been measured again."""
+    kept = [] if old is None else [old] if isinstance(old, dict) else list(old)
+    new = set(entry["methods"])
+    kept = [e for e in kept if "methods" not in e or not set(e["methods"]) <= new]
+    return [*kept, entry]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="digits")
@@ -80,13 +90,17 @@ def main() -> int:
                 for m in methods}
         table["ratios"].setdefault(key, {}).update(mean)
         doc = items[0][0]
-        table["provenance"][key] = {
-            "dataset": doc["config"]["dataset"], "forget": doc["config"]["forget"],
+        entry = {
+            "methods": methods, "dataset": doc["config"]["dataset"], "forget": doc["config"]["forget"],
             "seeds": [d["config"]["seed"] for d, _, _ in items],
             "retrain_seconds": [round(r, 2) for _, _, r in items], "device": doc["info"]["device"],
             "machine": platform.node(), "cpus": os.cpu_count(),
-            "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()), "date": time.strftime("%Y-%m-%d"),
+            # --from: the runs ended earlier; this process's load and date are not theirs.
+            "load_average": ("not recorded (--from: finished runs)" if args.from_files
+                             else " ".join(f"{v:.2f}" for v in os.getloadavg())),
+            "date": time.strftime("%Y-%m-%d", time.localtime(doc["info"].get("started", time.time()))),
         }
+        table["provenance"][key] = merge_provenance(table["provenance"].get(key), entry)
     table["about"] = ("seconds of each method / seconds of Retrain's training, measured in the same run "
                       "(bench/method_costs.py); used by mixunlearn/estimate.py")
     atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")

@@ -414,6 +414,51 @@ def test_pairing_runner_up_is_auto_at_class_level_except_agnostic_misreads(digit
     assert all(torch.equal(a, b) for a, b in zip(ag["auto"][1:], ag["runner_up"][1:]))
 
 
+def test_partner_pool_caps_the_agnostic_prediction_pass(digits_class3, digits_data_level, monkeypatch):
+    """``partner_pool``: agnostic, f_D classifies only a seeded subset of D_r of that size and the
+    partners come from it, each of its runner-up class; aware (labels) and a cap of at least |D_r|
+    change nothing; 'auto' still gives every class-level forget image a runner-up partner."""
+    d, original, _ = digits_class3
+    n_r = len(d.retain_idx)
+    full = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", label_mode="agnostic")).runner_up
+    same = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", label_mode="agnostic",
+                                                              partner_pool=n_r)).runner_up
+    assert all(torch.equal(a, b) for a, b in zip(full, same))
+    aware = [MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", partner_pool=k)).runner_up
+             for k in (0, 200)]
+    assert all(torch.equal(a, b) for a, b in zip(*aware))
+
+    seen = []
+    real = type(original).forward
+    monkeypatch.setattr(type(original), "forward", lambda self, x: (seen.append(len(x)), real(self, x))[1])
+    tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", label_mode="agnostic",
+                                                            partner_pool=200))
+    monkeypatch.undo()
+    assert sum(seen) == len(d.forget_idx) + 200  # D_f and the subset: the rest of D_r is never classified
+    runner_up, pool, starts, counts = tr.runner_up
+    assert len(pool) == 200 and len(set(pool.tolist())) == 200 and set(pool.tolist()) <= set(d.retain_idx.tolist())
+    assert int(counts.sum()) == 200
+    pred = predict_logits(original, d.x_train[pool]).argmax(1)
+    assert bool((pred[1:] >= pred[:-1]).all())  # sorted by f_D's class, counts match
+    assert torch.equal(torch.bincount(pred, minlength=10), counts)
+    again = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="runner_up", label_mode="agnostic",
+                                                               partner_pool=200)).runner_up
+    assert torch.equal(again[1], pool)  # seeded
+    f_idx = d.forget_idx[:32]
+    b = tr.make_batch(f_idx, d.retain_idx[:32], augment=False)
+    partners = {int(torch.nonzero((d.x_train == x).flatten(1).all(1))[0]) for x in b.x_p}
+    assert partners <= set(pool.tolist())
+    assert torch.equal(predict_logits(original, b.x_p).argmax(1), runner_up[f_idx])
+
+    auto = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(pairing="auto", label_mode="agnostic",
+                                                              partner_pool=200)).runner_up
+    pred_f = predict_logits(original, d.x_train[d.forget_idx]).argmax(1)
+    assert torch.equal(auto[0][d.forget_idx] >= 0, pred_f == 3)  # runner-up wherever f_D reads the class
+    d2, original2, _ = digits_data_level  # data level: the subset's counts, scaled, keep 'auto' at random π
+    assert MixUnlearnTrainer(copy.deepcopy(original2), d2, _cfg(pairing="auto", label_mode="agnostic",
+                                                                partner_pool=200)).runner_up is None
+
+
 # --------------------------------------------------------------------------- adversary and determinism
 
 

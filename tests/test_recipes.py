@@ -237,3 +237,23 @@ def test_onecycle_on_very_short_runs_trains_at_a_constant_rate(steps):
     before = [p.detach().clone() for p in model.parameters()]
     train_supervised(model, x, y, torch.arange(steps * 4), Recipe("t", 1, 4, 1e-2, schedule="onecycle"), seed=0)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_method_costs_script_keeps_the_provenance_of_methods_it_does_not_remeasure():
+    """bench/method_costs.py updating two methods of a key used to replace the key's whole provenance,
+    so the other methods' ratios lost where they came from."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "method_costs.py"
+    spec = importlib.util.spec_from_file_location("method_costs_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    first = {"methods": ["finetune", "mixunlearn", "scrub"], "seeds": [2]}
+    legacy = {"seeds": [1]}  # written before entries named their methods: kept
+    once = mod.merge_provenance(legacy, first)
+    assert once == [legacy, first]
+    second = {"methods": ["mixunlearn"], "seeds": [0]}
+    assert mod.merge_provenance(once, second) == [legacy, first, second]  # finetune, scrub still first's
+    third = {"methods": ["finetune", "mixunlearn", "scrub", "salun"], "seeds": [3]}
+    assert mod.merge_provenance([legacy, first, second], third) == [legacy, third]  # all superseded
