@@ -459,6 +459,47 @@ def test_partner_pool_caps_the_agnostic_prediction_pass(digits_class3, digits_da
                                                                 partner_pool=200)).runner_up is None
 
 
+def _bn_buffers(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_bn_stats_batch_frozen_and_retain(digits_class3):
+    """``bn_stats``: 'batch' moves f_U's BatchNorm statistics, 'frozen' keeps f_D's exactly while the
+    weights still learn, 'retain' ends with the statistics of a seeded subset of D_r (one batch here:
+    the exact mean and unbiased variance of the first BatchNorm's input), the weights of a 'batch' run
+    and the momenta restored."""
+    d, original, _ = digits_class3
+    before = _bn_buffers(original)
+    runs = {}
+    for mode in ("batch", "frozen", "retain"):
+        tr = MixUnlearnTrainer(copy.deepcopy(original), d, _cfg(epochs=1, bn_stats=mode, bn_images=128))
+        runs[mode] = (tr, tr.run().model)
+    moved = _bn_buffers(runs["batch"][1])
+    assert not torch.allclose(moved["block1.0.1.running_mean"], before["block1.0.1.running_mean"])
+    frozen = _bn_buffers(runs["frozen"][1])
+    assert all(torch.equal(frozen[k], before[k]) for k in before)
+    w_before = {k: v for k, v in original.state_dict().items() if k not in before}
+    w_frozen = {k: v for k, v in runs["frozen"][1].state_dict().items() if k not in before}
+    assert not all(torch.equal(w_frozen[k], w_before[k]) for k in w_before)  # it still unlearns
+
+    tr, model = runs["retain"]
+    w_batch = {k: v for k, v in runs["batch"][1].state_dict().items() if k not in before}
+    assert all(torch.equal(v, w_batch[k]) for k, v in model.state_dict().items() if k not in before)
+    assert all(m.momentum == 0.1 for m in tr._bn)
+    g = torch.Generator().manual_seed(d.seed * 7919 + 23)
+    idx = d.retain_idx[torch.randperm(len(d.retain_idx), generator=g)[:128]]
+    with torch.no_grad():
+        conv = model.block1[0][0](model.normalize(d.x_train[idx]))  # the first BatchNorm's input
+    bn = model.block1[0][1]
+    assert torch.allclose(bn.running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, conv.transpose(0, 1).flatten(1).var(1, unbiased=True), rtol=1e-4)
+    assert not model.training
+    stats = _bn_buffers(model)
+    assert tr.recalibrate_bn() == 128  # seeded: the same subset, the same statistics
+    assert all(torch.equal(v, stats[k]) for k, v in _bn_buffers(model).items())
+
+
 # --------------------------------------------------------------------------- adversary and determinism
 
 

@@ -132,6 +132,14 @@ class MixUnlearnConfig(MethodConfig):
                               "agnostic mode's extra cost; aware mode reads labels and ignores it. Ours",
                               min=0, max=10_000_000)
     augment: bool = param(False, "use the original training's on-device augmentation on the batches")
+    bn_stats: str = param("batch", "BatchNorm running statistics of f_U: 'batch' (updated by the unlearner "
+                          "steps' batches -- mixes, retain and forget images -- the paper's), 'frozen' (BatchNorm "
+                          "in eval mode in the unlearner step: normalised with f_D's statistics, which stay), "
+                          "'retain' (as 'batch', then re-estimated on up to bn_images retain images at the end). "
+                          "No effect on a network without BatchNorm. frozen/retain: ours",
+                          choices=("batch", "frozen", "retain"))
+    bn_images: int = param(2048, "bn_stats 'retain': retain images (a seeded subset of D_r) the statistics are "
+                           "re-estimated on", min=64, max=1_000_000)
     amp: bool = param(True, "on CUDA, run the network forwards in bf16 autocast (MixBlock stays float32)")
     snapshot_every: int = param(2, "generator updates between generator snapshots (update 0 always)",
                                 min=1, max=10_000)
@@ -278,6 +286,7 @@ class MixUnlearnTrainer:
         self.runner_up: tuple[torch.Tensor, ...] | None = (self._runner_up_pools()
                                                            if cfg.pairing != "random" and cfg.use_l_mix else None)
         self.ema = freeze(copy.deepcopy(model)) if cfg.fixed_net == "ema" else None
+        self._bn = [m for m in self.f_u.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.generator_updates = 0
         self.snapshots: list[dict[str, Any]] = []
         self._probe: Batch | None = None
@@ -457,6 +466,9 @@ class MixUnlearnTrainer:
         cfg = self.cfg
         n = len(b.x_f)
         self.f_u.train()
+        if cfg.bn_stats == "frozen":
+            for m in self._bn:
+                m.eval()
         parts, out = [], {}
         if cfg.use_l_mix:
             if b.x_p is None:  # partners: the retain batch under a random π
@@ -638,6 +650,34 @@ class MixUnlearnTrainer:
         idx = np.unique(np.round(np.linspace(0, len(s) - 1, MAX_SNAPSHOTS)).astype(int))
         return [s[i] for i in idx]
 
+    @torch.no_grad()
+    def recalibrate_bn(self, batch_size: int = 256) -> int:
+        """``bn_stats='retain'``: reset f_U's BatchNorm running statistics and re-estimate them (a
+        cumulative average) on a seeded subset of at most ``bn_images`` retain images, un-augmented,
+        the weights untouched. Returns the number of images used (0 without BatchNorm)."""
+        data = self.data
+        k = min(self.cfg.bn_images, len(data.retain_idx))
+        if not self._bn or k < 2:  # BatchNorm in train mode needs two images a batch
+            return 0
+        g = torch.Generator().manual_seed(data.seed * 7919 + 23)
+        idx = data.retain_idx[torch.randperm(len(data.retain_idx), generator=g)[:k].to(data.retain_idx.device)]
+        momenta = [m.momentum for m in self._bn]
+        was_training = self.f_u.training
+        self.f_u.eval()
+        for m in self._bn:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+            m.train()
+        try:
+            for chunk in torch.tensor_split(idx, -(-k // batch_size)):  # near-equal sizes, none of one image
+                with self.autocast():
+                    self.f_u(data.x_train[chunk])
+        finally:
+            for m, mom in zip(self._bn, momenta):
+                m.momentum = mom
+            self.f_u.train(was_training)
+        return k
+
     # ------------------------------------------------------------------ the loop (§5)
 
     def run(self) -> MethodOutput:
@@ -660,6 +700,8 @@ class MixUnlearnTrainer:
             losses.update(self.unlearner_step(b, self.lam_mix[t])["losses"])
             loop.step(losses)
             t += 1
+        if cfg.bn_stats == "retain":
+            self.recalibrate_bn()
         if self.use_gen and (not self.snapshots or self.snapshots[-1]["update"] != self.generator_updates):
             self.snapshot(t)
         model = loop.finish(self.f_u)
