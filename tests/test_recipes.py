@@ -4,7 +4,11 @@ one-cycle and channels-last training, budget profiles, and the duration estimate
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,3 +261,56 @@ def test_method_costs_script_keeps_the_provenance_of_methods_it_does_not_remeasu
     assert mod.merge_provenance(once, second) == [legacy, first, second]  # finetune, scrub still first's
     third = {"methods": ["finetune", "mixunlearn", "scrub", "salun"], "seeds": [3]}
     assert mod.merge_provenance([legacy, first, second], third) == [legacy, third]  # all superseded
+
+
+def _floor_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "retrain_floor.py"
+    spec = importlib.util.spec_from_file_location("retrain_floor_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_retrain_floor_protocol_gap_is_the_tables_gap_of_seed_means():
+    """bench/retrain_floor.py scores like bench/mixunlearn_digits.py: per setting the gap of the seed
+    means (not the mean of per-run gaps), then the mean over settings."""
+    mod = _floor_module()
+    ret = {"test_r": 99.0, "test_f": 0.0, "asr": 30.0}
+    rows = [{"spec": "class:0", "seed": 0, "metrics": {"test_r": 98.0, "test_f": 0.0, "asr": 34.0}, "retrain": ret},
+            {"spec": "class:0", "seed": 1, "metrics": {"test_r": 98.0, "test_f": 0.0, "asr": 26.0}, "retrain": ret},
+            {"spec": "class:1", "seed": 0, "metrics": {"test_r": 99.0, "test_f": 3.0, "asr": 30.0}, "retrain": ret}]
+    # class:0: ASR means cancel (30 vs 30), Test_r 1 -> 1/3; class:1: Test_f 3 -> 1; mean 2/3.
+    assert mod.protocol_gap(rows, "class") == pytest.approx((1 / 3 + 1) / 2)
+    per_run = np.mean([(1 + 4) / 3, (1 + 4) / 3, 1.0])
+    assert abs(mod.protocol_gap(rows, "class") - per_run) > 0.5  # a different number from the per-run mean
+
+
+def test_retrain_floor_scores_an_independent_retrain_against_the_tasks(tmp_path, digits_class3, session_cache,
+                                                                       monkeypatch, capsys):
+    """End to end on digits class 3, seed 0: the alternative Retrain is the strong evaluation's
+    stream-2 seed, cached, scored on the task's split against the task's Retrain."""
+    from mixunlearn.metrics import evaluate, gap_to_retrain
+    from mixunlearn.pools import pool_seeds
+
+    from mixunlearn.training import get_trained
+
+    mod = _floor_module()
+    d = digits_class3[0]
+    recipe = get_recipe(TABLE_RECIPE["digits"])  # the tables' recipe, as bench/mixunlearn_digits.py
+    monkeypatch.setattr(sys, "argv", ["retrain_floor.py", "--forget", "class:3", "--seeds", "0", "--alt", "1",
+                                      "--cache", str(session_cache.root), "--out", str(tmp_path),
+                                      "--threads", str(torch.get_num_threads())])  # the session's: same sums
+    assert mod.main() == 0
+    rows = json.loads((tmp_path / "floor.json").read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["alt_seed"] == pool_seeds(0, 1, "unlearner")[0]
+    retrain = get_trained("retrain", d, "digits_cnn", recipe, cache=session_cache)
+    assert retrain.cached  # the fixture's Retrain: the script read it rather than training its own
+    ref = evaluate(retrain.model, d, 0, True)
+    assert row["retrain"] == pytest.approx(ref)
+    assert row["gap"] == pytest.approx(gap_to_retrain(row["metrics"], ref, "class"))
+    assert row["metrics"] != pytest.approx(ref)  # another draw, not the task's Retrain again
+    assert "independent Retrain (the floor)" in capsys.readouterr().out
