@@ -226,6 +226,32 @@ def test_method_ratio_scales_with_budget_overrides_and_a_step_cap_only_downwards
     assert ratio(max_steps=10 * cap) == pytest.approx(base)  # a higher cap need not lengthen a class-level run
 
 
+def test_estimate_counts_an_overridden_agnostic_partner_pool(tmp_path, monkeypatch):
+    """The fast recipe's measured agnostic ratio holds a pool of 2,000 D_r images; an override adds
+    (or saves) f_D's forward over the difference, at the probed per-image cost. Aware: unchanged."""
+    per_image, step = 1e-4, 1e-2
+    monkeypatch.setattr(estimate, "_probe", lambda what, *a: step if what == "train" else per_image)
+    sizes = (60000, 6000, 10000)
+    n_retain = sizes[0] - sizes[1]
+
+    def seconds(params):
+        cfg = ExperimentConfig(dataset="fashion_mnist", forget="class:0", recipe="cnn_fast", attacks=False,
+                               methods=("retrain", "mixunlearn", "mixunlearn_agnostic"), params=params)
+        return {k: p.seconds for k, p in
+                estimate.estimate_experiment(cfg, cache=ModelCache(tmp_path), sizes=sizes).by_name().items()}
+
+    assert make_config("mixunlearn_agnostic", "cnn:fast").partner_pool == 2000
+    base = seconds({})
+    every = seconds({"mixunlearn_agnostic": {"partner_pool": 0}, "mixunlearn": {"partner_pool": 0}})
+    assert every["mixunlearn_agnostic"] - base["mixunlearn_agnostic"] == pytest.approx((n_retain - 2000) * per_image)
+    assert every["mixunlearn"] == pytest.approx(base["mixunlearn"])  # aware reads labels: no pass
+    small = seconds({"mixunlearn_agnostic": {"partner_pool": 500}})
+    assert base["mixunlearn_agnostic"] - small["mixunlearn_agnostic"] == pytest.approx(1500 * per_image)
+    # The aware entry switched to agnostic pays for the pool it now builds.
+    switched = seconds({"mixunlearn": {"label_mode": "agnostic"}})
+    assert switched["mixunlearn"] - base["mixunlearn"] == pytest.approx(2000 * per_image)
+
+
 def test_format_seconds():
     assert estimate.format_seconds(3.21) == "3.2 s"
     assert estimate.format_seconds(42) == "42 s"
