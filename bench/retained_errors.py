@@ -25,14 +25,7 @@ import torch  # noqa: E402
 from mixunlearn.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from mixunlearn.metrics import predict_logits  # noqa: E402
 from mixunlearn.training import TABLE_RECIPE, ModelCache  # noqa: E402
-
-
-def ints(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b or a) + 1))
-    return out
+from retrain_floor import parse_ints as ints  # noqa: E402  (bench/, this script's folder)
 
 
 def main() -> int:

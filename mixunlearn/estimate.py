@@ -9,7 +9,8 @@ Every estimate is built from measurements, none from guesses:
   same machine in the same run (``resources/method_costs.json``, written by
   ``bench/method_costs.py`` from ``results.json`` files), times the probed Retrain time; a method
   whose ``epochs`` (or ``steps`` / ``iterations``) is overridden is scaled by the override, and an
-  overridden MixUnlearn ``partner_pool`` adds (or saves) f_D's forward over the difference in images;
+  override that changes the images a method classifies before its run (``setup_images``: MixUnlearn's
+  agnostic ``partner_pool``) adds (or saves) their forward pass at the probed per-image cost;
 - scoring a model: a timed forward probe times the images scored, plus the two attacks (timed on
   synthetic scores of the real sizes once per process);
 - the app's embedding projection: a fixed cost per projected model, measured (``PROJECTION_SECONDS``).
@@ -205,30 +206,17 @@ def method_ratio(method: str, model: str, recipe: str, overrides: dict[str, Any]
     return ratio, source
 
 
-def classified_images(method: str, family: str, overrides: dict[str, Any] | None, n_retain: int) -> int:
-    """Retain images f_D classifies before a run starts, for a method's config: MixUnlearn's agnostic
-    runner-up partner pools (``partner_pool`` of them, all of D_r when 0); 0 for every other case."""
-    from .methods import config_to_dict, make_config
-
-    try:
-        cfg = config_to_dict(make_config(method, family, overrides))
-    except (KeyError, ValueError):
-        return 0
-    if (cfg.get("label_mode") != "agnostic" or cfg.get("pairing", "random") == "random"
-            or not cfg.get("use_l_mix", True)):
-        return 0
-    pool = int(cfg.get("partner_pool", 0))
-    return min(pool, n_retain) if pool else n_retain
-
-
-def pool_seconds_delta(method: str, family: str, overrides: dict[str, Any] | None, n_retain: int,
-                       per_image: float) -> float:
-    """Seconds an override adds (or saves) in f_D's pass for the partner pools, against the defaults
-    the measured ratio was taken with: the difference in images classified times a forward's cost."""
+def setup_seconds_delta(method: str, family: str, overrides: dict[str, Any] | None, n_retain: int,
+                        per_image: float) -> float:
+    """Seconds an override adds (or saves) in the forward pass a method makes before its run (its
+    config's ``setup_images``, e.g. MixUnlearn's agnostic partner pool), against the defaults the
+    measured ratio was taken with: the difference in images times the probed per-image cost."""
     if not overrides:
         return 0.0
-    extra = (classified_images(method, family, overrides, n_retain)
-             - classified_images(method, family, None, n_retain))
+    from .methods import make_config
+
+    extra = (make_config(method, family, overrides).setup_images(n_retain)
+             - make_config(method, family).setup_images(n_retain))
     return extra * per_image
 
 
@@ -292,8 +280,8 @@ def estimate_experiment(cfg, *, cache: ModelCache | None = None, probe_steps: in
             borrowed = _same_budget_elsewhere(m, cfg, recipe, family, n_retain, probe_steps, reuse_seconds)
             if borrowed is not None:
                 seconds, source = borrowed, "measured ratio (another recipe, same budget)"
-        # MixUnlearn's agnostic partner pool: the measured ratio holds the default pool's pass.
-        seconds = max(seconds + pool_seconds_delta(m, family, cfg.params.get(m), n_retain, per_image), 0.0)
+        # e.g. MixUnlearn's agnostic partner pool: the measured ratio holds the default pool's pass.
+        seconds = max(seconds + setup_seconds_delta(m, family, cfg.params.get(m), n_retain, per_image), 0.0)
         phases.append(Phase(m, _display(m), seconds, source))
     n_models = len(cfg.methods) + 1  # every method, Retrain and the original
     score = per_image * (n_train + n_test)

@@ -49,6 +49,12 @@ class MethodConfig:
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    def setup_images(self, n_retain: int) -> int:
+        """Retain images the original model classifies before this config's run starts (a forward
+        pass each). The duration estimate (mixunlearn.estimate) charges the difference an override
+        makes at the probed per-image cost; 0 for a method without such a pass."""
+        return 0
+
 
 @dataclass
 class MethodOutput:

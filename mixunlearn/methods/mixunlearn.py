@@ -145,6 +145,13 @@ class MixUnlearnConfig(MethodConfig):
                                 min=1, max=10_000)
     probe_pairs: int = param(8, "fixed forget/retain pairs shown in generator snapshots", min=1, max=64)
 
+    def setup_images(self, n_retain: int) -> int:
+        """Agnostic runner-up pairing: f_D classifies the partner pool (``partner_pool`` D_r images, all
+        of D_r when 0) to group it by predicted class; aware mode reads labels instead."""
+        if self.label_mode != "agnostic" or self.pairing == "random" or not self.use_l_mix:
+            return 0
+        return min(self.partner_pool, n_retain) if self.partner_pool else n_retain
+
     # Class defaults are METHOD.md §6's, except τ (above) and the generator's (share projection, He init,
     # Adam 1e-2: the first build's 1e-3 left the mask flat). Per family: digits and the 2-conv CNN chosen
     # on the validation split (bench/tune_mixunlearn.py, docs/mixunlearn.md) -- the 2-conv CNN's before
@@ -347,10 +354,11 @@ class MixUnlearnTrainer:
         lf = logits_of(data.forget_idx)
         own = data.y_train[data.forget_idx] if self.aware else lf.argmax(1)
         retain = data.retain_idx
-        if not self.aware and 0 < self.cfg.partner_pool < len(retain):
+        k = self.cfg.setup_images(len(retain))  # the images f_D classifies (0 when aware), as estimated
+        if 0 < k < len(retain):
             # A seeded subset, in D_r's order; its own stream, so every other draw of the run is unchanged.
             rng = np.random.default_rng([data.seed, 0x4D49, 2])
-            pick = np.sort(rng.choice(len(retain), self.cfg.partner_pool, replace=False))
+            pick = np.sort(rng.choice(len(retain), k, replace=False))
             retain = retain[torch.as_tensor(pick, device=dev)]
         cls_r = data.y_train[retain] if self.aware else logits_of(retain).argmax(1)
         counts = torch.bincount(cls_r, minlength=self.n_classes)
