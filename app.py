@@ -1,9 +1,9 @@
 """MixUnlearn lab: the Streamlit app. Start it with ``streamlit run app.py``.
 
 This file is the entry point (navigation, shared sidebar) and the Home page. The other pages
-live in ``views/`` -- not ``pages/``: a folder of that name switches Streamlit to its old
-multipage mode until st.navigation has run, so the first page opened after start would skip
-main() here. Streamlit-aware helpers in ``ui/``; all logic in the ``mixunlearn`` library.
+live in ``pages/``; each, like main() here, first leaves Streamlit's legacy multipage mode
+(ui/shell.py), so the first page opened after a server start still runs through main().
+Streamlit-aware helpers in ``ui/``; all logic in the ``mixunlearn`` library.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import streamlit as st  # noqa: E402
 from mixunlearn import jobs
 from ui import actions, state, widgets
 from ui.progress import show_job, sidebar_status
+from ui.shell import take_over_navigation
 
 ROOT = Path(__file__).resolve().parent
 HOME_PICTURE = ROOT / "assets" / "home.png"
@@ -99,11 +100,12 @@ def home() -> None:
 
 
 def main() -> None:
+    take_over_navigation()
     st.set_page_config(page_title="MixUnlearn lab", page_icon=":material/auto_fix_high:", layout="wide")
     nav = [st.Page(home, title="Home", icon=widgets.PAGES["home"][2], default=True, url_path="home")]
     nav += [st.Page(path, title=title, icon=icon) for key, (path, title, icon) in widgets.PAGES.items()
             if key != "home"]
-    nav.append(st.Page("views/8_Strong_evaluation.py", title="Strong evaluation", icon=":material/verified:"))
+    nav.append(st.Page("pages/8_Strong_evaluation.py", title="Strong evaluation", icon=":material/verified:"))
     page = st.navigation(nav)
     widgets.HOME_PAGE = nav[0]
     # Every page needs the home folder (model cache, run store) except the Learn page's toy: when it

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from retrain_floor import parse_ints as ints  # noqa: E402  (bench/, this script's folder)
 
 from mixunlearn.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from mixunlearn.metrics import predict_logits  # noqa: E402
 from mixunlearn.training import TABLE_RECIPE, ModelCache  # noqa: E402
-from retrain_floor import parse_ints as ints  # noqa: E402  (bench/, this script's folder)
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ folder), except where a session-wide cache of trained digits models is asked for
 from __future__ import annotations
 
 import os
+import sys
 
 # Before torch loads OpenMP: spinning worker threads make CPU runs several times slower on
 # shared cores (see mixunlearn/cli.py).
@@ -19,6 +20,27 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXUNLEARN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MIXUNLEARN_DATA", raising=False)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _app_navigation_mode(monkeypatch):
+    """AppTest treats every script run as a server's first (it resets Streamlit's "pages
+    directory" flag before each), so ui/shell.py would turn each run into a rerun and drop its
+    widget events. A real server has that first run once per process (tests/test_browser.py opens
+    every page's URL first on a fresh server); here the flag is cleared at once."""
+    if "streamlit" not in sys.modules:  # only the app's tests import Streamlit
+        yield
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def navigation_mode(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", navigation_mode)
     yield
 
 

@@ -19,8 +19,8 @@ from mixunlearn.jobs import get_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["views/1_Setup.py", "views/2_Unlearn.py", "views/3_Compare.py", "views/4_Embeddings.py",
-         "views/5_Loss_KDE.py", "views/6_Generator.py", "views/7_Learn.py"]
+PAGES = ["pages/1_Setup.py", "pages/2_Unlearn.py", "pages/3_Compare.py", "pages/4_Embeddings.py",
+         "pages/5_Loss_KDE.py", "pages/6_Generator.py", "pages/7_Learn.py"]
 ANALYSIS_PAGES = PAGES[2:6]
 TIMEOUT = 60
 
@@ -83,10 +83,10 @@ def test_every_page_before_any_run_shows_a_helpful_message():
         _open(at, page)
         assert "No finished run yet" in _texts(at.info), page
         assert not at.error, page
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     assert at.selectbox(key="setup_dataset").value == "digits"
     assert not at.error
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     methods = at.multiselect(key="unlearn_methods")
     assert methods.value == ["mixunlearn"]  # MixUnlearn preselected
     assert "retrain" not in methods.options
@@ -120,10 +120,10 @@ def _widget_kind(f) -> str:
 
 def test_methods_that_do_not_support_the_kind_are_disabled_with_a_reason():
     at = _app()
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     at.radio(key="setup_kind").set_value("data").run()
     assert not at.exception
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     from mixunlearn.methods import list_methods
 
     unsupported = [m for m in list_methods() if "data" not in m.kinds]
@@ -141,9 +141,9 @@ def test_every_registered_method_gets_a_hyper_parameter_form(kind):
     from mixunlearn.methods import field_specs, get_method, make_config
 
     at = _app()
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     at.radio(key="setup_kind").set_value(kind).run()
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     box = at.multiselect(key="unlearn_methods")
     names = [o.rsplit("(", 1)[1].rstrip(")") for o in box.options]
     assert "mixunlearn" in names and "finetune" in names
@@ -167,7 +167,7 @@ def test_compare_shows_the_papers_row_only_where_the_setting_matches():
     store = RunStore()
     _synthetic_run(store, config={"dataset": "fashion_mnist", "forget": "class:0", "seed": 0})
     at = _app()
-    _open(at, "views/3_Compare.py")
+    _open(at, "pages/3_Compare.py")
     df = at.dataframe[0].value
     reported = df[df["source"] == "reported in the paper"]
     assert list(reported["method"]) == ["Retrain (paper)", "MixUnlearn (paper)"]
@@ -190,7 +190,7 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
     run_id = job.result["run_id"]
     assert at.session_state["run_id"] == run_id
 
-    _open(at, "views/3_Compare.py")
+    _open(at, "pages/3_Compare.py")
     df = at.dataframe[0].value
     assert list(df["method"])[0] == "Retrain"
     ours = df[df["source"] == "this run"]
@@ -202,7 +202,7 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
     assert "reported in the paper" not in set(df["source"])  # digits is not a paper setting
     assert len(_charts(at)) == 2
 
-    _open(at, "views/4_Embeddings.py")
+    _open(at, "pages/4_Embeddings.py")
     charts = _charts(at)
     assert len(charts) == 1
     n_models = 5  # original, Retrain, MixUnlearn, FT, NegGrad
@@ -216,13 +216,13 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
     at.run()
     assert not at.exception and len(_charts(at)) == 1
 
-    _open(at, "views/5_Loss_KDE.py")
+    _open(at, "pages/5_Loss_KDE.py")
     kde = _charts(at)
     assert len(kde) == 1 and len(kde[0]["data"]) == 3 * n_models
     table = at.dataframe[0].value
     assert ((table["distinguishability"] >= 0.5) & (table["distinguishability"] <= 1)).all()
 
-    _open(at, "views/6_Generator.py")
+    _open(at, "pages/6_Generator.py")
     grids = _charts(at)
     assert len(grids) == 4  # the grid, the health curves, the debug views and the training curves
     assert grids[0]["layout"]["annotations"][0]["text"] == figures.GEN_COLUMNS[0]
@@ -234,9 +234,9 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
     slider.set_value(0).run()
     assert not at.exception and "update 0" in _charts(at)[0]["layout"]["title"]["text"]
 
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     assert "finished" in _texts(at.success)
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     assert len(_charts(at)) >= 1  # class samples and the D_f grid
 
 
@@ -271,12 +271,12 @@ def test_an_unavailable_dataset_is_an_error_not_an_exception():
     if is_available("cifar10"):
         pytest.skip("CIFAR-10 files are present on this machine")
     at = _app()
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     at.selectbox(key="setup_dataset").set_value("cifar10").run()
     assert not at.exception
     assert "not on this machine" in _texts(at.error)
     assert at.button(key="train_button").disabled
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     at.button(key="run_button").click().run()
     assert not at.exception
     assert "not on this machine" in _texts(at.error)
@@ -384,7 +384,7 @@ def test_a_method_that_failed_with_nan_is_a_clear_message_on_compare(shared_mode
     job = get_runner().submit(jobs.experiment_job(cfg, store=RunStore(), cache=shared_models, project=None))
     assert job.wait(300) and job.state == jobs.DONE, job.error
     at = _app()
-    _open(at, "views/3_Compare.py")
+    _open(at, "pages/3_Compare.py")
     errors = _texts(at.error)
     assert "NaN test failed and has no metrics" in errors and "step 3" in errors and "learning rate" in errors
     df = at.dataframe[0].value
@@ -397,7 +397,7 @@ def test_generator_page_on_a_synthetic_snapshot_run():
 
     run_id = _synthetic_run(RunStore())
     at = _app()
-    _open(at, "views/6_Generator.py")
+    _open(at, "pages/6_Generator.py")
     grid, health, debug, curves = _charts(at)
     assert [a["text"] for a in grid["layout"]["annotations"][:5]] == list(figures.GEN_COLUMNS)
     heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
@@ -436,7 +436,7 @@ def test_generator_page_on_an_old_run_without_health_or_debug_views():
 
     _synthetic_run(RunStore(), health=False)
     at = _app()
-    _open(at, "views/6_Generator.py")
+    _open(at, "pages/6_Generator.py")
     assert not at.error
     grid, curves = _charts(at)  # the mask grid and the training curves; no health or debug figure
     assert [a["text"] for a in grid["layout"]["annotations"][:5]] == list(figures.GEN_COLUMNS)
@@ -458,7 +458,7 @@ def test_generator_page_on_a_metrics_only_run_says_so():
                "info": {"level": "class"}}
     store.commit(store.begin(results["config"], label="cli"), results)
     at = _app()
-    _open(at, "views/6_Generator.py")
+    _open(at, "pages/6_Generator.py")
     shown = _texts(at.info)
     assert "stored with its metrics only" in shown
     assert "used no generator" not in shown
@@ -469,13 +469,13 @@ def test_generator_page_flags_a_collapsed_mask():
 
     _synthetic_run(RunStore(), collapse=True)
     at = _app()
-    _open(at, "views/6_Generator.py")
+    _open(at, "pages/6_Generator.py")
     assert "Collapse" in _texts(at.warning)
 
 
 def test_learn_page_runs_the_toy_and_shows_the_boundaries():
     at = _app()
-    _open(at, "views/7_Learn.py")
+    _open(at, "pages/7_Learn.py")
     job = _wait(at, "toy_job", 120)
     assert job.state == jobs.DONE, job.error
     at.run()

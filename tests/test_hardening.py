@@ -692,7 +692,7 @@ def test_experiment_config_round_trips_through_json(cfg):
 
 def test_every_torch_load_passes_weights_only_true():
     """An AST scan of every Python file of the project (library, app, bench scripts, tests)."""
-    files = [p for d in ("mixunlearn", "ui", "views", "bench", "tests") for p in (ROOT / d).rglob("*.py")]
+    files = [p for d in ("mixunlearn", "ui", "pages", "bench", "tests") for p in (ROOT / d).rglob("*.py")]
     files.append(ROOT / "app.py")
     calls = []
     for path in files:

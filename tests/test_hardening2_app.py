@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import streamlit.testing.v1.local_script_runner as local_script_runner
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from mixunlearn import jobs
@@ -25,25 +24,15 @@ from mixunlearn.jobs import get_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["views/1_Setup.py", "views/2_Unlearn.py", "views/3_Compare.py", "views/4_Embeddings.py",
-         "views/5_Loss_KDE.py", "views/6_Generator.py"]
+PAGES = ["pages/1_Setup.py", "pages/2_Unlearn.py", "pages/3_Compare.py", "pages/4_Embeddings.py",
+         "pages/5_Loss_KDE.py", "pages/6_Generator.py"]
 
 
 @pytest.fixture(autouse=True)
 def _served_like_streamlit_run(monkeypatch):
-    """Run every page through app.py, as ``streamlit run app.py`` does. The page files live in
-    ``views/``, not ``pages/``, so a real server never falls back to Streamlit's old multipage mode
-    (which skips app.py's main()); AppTest still resets its "pages directory" flag before each run,
-    so the flag is cleared here."""
+    """No UMAP warm-up thread (the pages directory flag: tests/conftest.py)."""
     import ui.state
 
-    init = PagesManager.__init__
-
-    def navigation_mode(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", navigation_mode)
     monkeypatch.setattr(ui.state, "_warm_started", True)  # no UMAP warm-up thread
 
 
@@ -117,7 +106,7 @@ def test_a_home_that_is_a_file_is_one_message_naming_it_on_every_page(tmp_path, 
         assert "MIXUNLEARN_HOME" in errors[0] and str(home) in errors[0], (page, errors)
         assert "folder" in errors[0] and "restart the app" in errors[0], (page, errors)
         assert "Unexpected error" not in errors[0] and "Errno" not in errors[0], (page, errors)
-    _open(at, "views/7_Learn.py")  # the toy needs no home folder
+    _open(at, "pages/7_Learn.py")  # the toy needs no home folder
     assert not at.error
     assert home.read_text() == "a file where the home folder should be"  # left as it was
 
@@ -169,7 +158,7 @@ def test_a_second_identical_demo_joins_the_running_one(gate):
 
 def test_a_data_folder_with_a_300_character_name_is_a_message_next_to_the_field(tmp_path):
     at = _app()
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     folder = str(tmp_path / ("a" * 300) / "mnist")
     at.text_input(key="setup_data_root").set_value(folder).run()
     assert not at.exception
@@ -182,12 +171,12 @@ def test_a_data_folder_with_a_300_character_name_is_a_message_next_to_the_field(
     assert at.button(key="train_button").disabled
     assert at.selectbox(key="setup_dataset").value == "digits"  # the rest of the page is there
     # Unlearn refuses to start with it, saying the same.
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     at.button(key="run_button").click().run()
     assert not at.exception and "300 characters" in _texts(at.error) and "nothing was started" in _texts(at.error)
     assert "experiment_job" not in at.session_state
     # Corrected on Setup: the message goes, Train is back.
-    _open(at, "views/1_Setup.py")
+    _open(at, "pages/1_Setup.py")
     at.text_input(key="setup_data_root").set_value("").run()
     assert not at.exception and not at.error
     assert not at.button(key="train_button").disabled
@@ -201,7 +190,7 @@ def test_a_seed_out_of_range_in_a_session_is_a_message_before_any_job():
 
     at = _app()
     at.session_state["setup"] = {**DEFAULT_SETUP, "seed": 2**32}
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     at.button(key="run_button").click().run()
     assert not at.exception
     assert "seed 4294967296 is out of range" in _texts(at.error) and "experiment_job" not in at.session_state
@@ -248,7 +237,7 @@ def test_the_run_picker_tells_runs_with_the_same_title_apart():
     rows = {r.id: r for r in store.list_runs("complete")}
     assert rows[ids[0]].title == rows[ids[1]].title  # what the picker used to show for both
     at = _app()
-    _open(at, "views/3_Compare.py")
+    _open(at, "pages/3_Compare.py")
     labels = at.selectbox(key="run_picker").options
     assert len(labels) == 2 and len(set(labels)) == 2, labels
     for run_id, label in zip(reversed(ids), labels):  # newest first

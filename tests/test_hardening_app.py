@@ -26,7 +26,7 @@ from mixunlearn.training import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-ANALYSIS_PAGES = ["views/3_Compare.py", "views/4_Embeddings.py", "views/5_Loss_KDE.py", "views/6_Generator.py"]
+ANALYSIS_PAGES = ["pages/3_Compare.py", "pages/4_Embeddings.py", "pages/5_Loss_KDE.py", "pages/6_Generator.py"]
 TINY = Recipe("tiny", epochs=1, batch_size=64, lr=1e-3, description="one epoch, for tests")
 
 
@@ -107,7 +107,7 @@ def _finish(at: AppTest, key: str, timeout: float = 240) -> jobs.Job:
 
 
 def test_switching_to_data_level_starts_from_a_valid_share():
-    at = _app("views/1_Setup.py")
+    at = _app("pages/1_Setup.py")
     at.radio(key="setup_kind").set_value("data").run()
     _no_traceback(at)
     share = at.slider(key="setup_fraction_data")
@@ -117,7 +117,7 @@ def test_switching_to_data_level_starts_from_a_valid_share():
 
 
 def test_an_empty_class_choice_is_an_error_and_nothing_can_start():
-    at = _app("views/1_Setup.py")
+    at = _app("pages/1_Setup.py")
     at.radio(key="setup_kind").set_value("data").run()
     at.multiselect(key="setup_classes_data").set_value([]).run()
     _no_traceback(at)
@@ -152,7 +152,7 @@ def test_unlearn_refuses_a_bad_setup_with_a_message(case):
     """A session whose setup holds a bad value (e.g. left from an older version of the app or another
     dataset) is refused with the library's own message; nothing starts."""
     bad, message = BAD_SETUPS[case]
-    at = _app("views/2_Unlearn.py", setup=bad)
+    at = _app("pages/2_Unlearn.py", setup=bad)
     if "run_button" in {b.key for b in at.button}:  # an unknown dataset stops the page before the button
         at.button(key="run_button").click().run()
     _no_traceback(at)
@@ -162,7 +162,7 @@ def test_unlearn_refuses_a_bad_setup_with_a_message(case):
 
 
 def test_a_malformed_hyper_parameter_is_a_message_not_a_job():
-    at = _app("views/2_Unlearn.py")
+    at = _app("pages/2_Unlearn.py")
     at.multiselect(key="unlearn_methods").set_value(["scrub"]).run()
     at.text_input(key="hp:scrub:digits:lr_decay_epochs").set_value("3,five").run()
     at.button(key="run_button").click().run()
@@ -173,7 +173,7 @@ def test_a_malformed_hyper_parameter_is_a_message_not_a_job():
 
 def test_an_empty_forget_set_fails_the_run_with_a_message_and_stores_nothing_complete():
     # digits has ~146 training images of class 3: a share of 0.001 selects none of them.
-    at = _app("views/2_Unlearn.py", setup={"kind": "data", "classes": [3], "fraction": 0.001})
+    at = _app("pages/2_Unlearn.py", setup={"kind": "data", "classes": [3], "fraction": 0.001})
     at.multiselect(key="unlearn_methods").set_value(["finetune"]).run()
     at.button(key="run_button").click().run()
     job = _finish(at, "experiment_job", 60)
@@ -189,7 +189,7 @@ def test_an_empty_forget_set_fails_the_run_with_a_message_and_stores_nothing_com
 def test_a_bad_data_folder_is_a_message_on_setup_and_unlearn(case, tmp_path, _no_network):
     make, library_message = DATA_CASES[case]
     folder = make(tmp_path)
-    at = _app("views/1_Setup.py")
+    at = _app("pages/1_Setup.py")
     at.text_input(key="setup_data_root").set_value(str(folder)).run()
     at.selectbox(key="setup_dataset").set_value("mnist").run()
     _no_traceback(at)
@@ -200,7 +200,7 @@ def test_a_bad_data_folder_is_a_message_on_setup_and_unlearn(case, tmp_path, _no
         assert "The files of MNIST were found but cannot be read" in errors and library_message in errors
         assert len(at.error) == 1  # one clear message, not one per section of the page
     assert at.button(key="train_button").disabled
-    _open(at, "views/2_Unlearn.py")
+    _open(at, "pages/2_Unlearn.py")
     at.multiselect(key="unlearn_methods").set_value(["finetune"]).run()
     at.button(key="run_button").click().run()
     _no_traceback(at)
@@ -227,7 +227,7 @@ class _Evil:
 
 
 def test_a_pickle_in_the_model_cache_is_rebuilt_never_executed(tmp_path):
-    at = _app("views/1_Setup.py")
+    at = _app("pages/1_Setup.py")
     at.button(key="train_button").click().run()
     first = _finish(at, "models_job")
     assert first.state == jobs.DONE, first.error
@@ -270,7 +270,7 @@ def test_a_version0_store_is_migrated_and_its_run_is_shown(tmp_path, monkeypatch
     home = tmp_path / "old_home"
     _version0_store(home / "store")
     monkeypatch.setenv("MIXUNLEARN_HOME", str(home))
-    at = _app("views/3_Compare.py")
+    at = _app("pages/3_Compare.py")
     _no_traceback(at)
     assert not at.error, _texts(at.error)
     table = at.dataframe[0].value
@@ -298,7 +298,7 @@ def test_a_store_that_cannot_be_migrated_is_a_message_everywhere(tmp_path, monke
 
 
 def test_after_a_cancel_the_next_run_starts_at_once_and_completes():
-    at = _app("views/2_Unlearn.py")
+    at = _app("pages/2_Unlearn.py")
     at.multiselect(key="unlearn_methods").set_value(["finetune"]).run()
     at.button(key="run_button").click().run()
     job = _job(at, "experiment_job")
@@ -332,7 +332,7 @@ def test_once_the_run_is_saved_cancel_is_no_longer_offered(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(analysis, "project", slow_projection)
-    at = _app("views/2_Unlearn.py")
+    at = _app("pages/2_Unlearn.py")
     at.multiselect(key="unlearn_methods").set_value(["finetune"]).run()
     at.button(key="run_button").click().run()
     job = _job(at, "experiment_job")
@@ -353,7 +353,7 @@ def test_once_the_run_is_saved_cancel_is_no_longer_offered(monkeypatch):
 
 
 def _session(setup: dict) -> AppTest:
-    at = _app("views/2_Unlearn.py", setup=setup)
+    at = _app("pages/2_Unlearn.py", setup=setup)
     at.multiselect(key="unlearn_methods").set_value(["finetune"]).run()
     return at
 
@@ -379,7 +379,7 @@ def test_two_sessions_run_at_once_on_the_cpu_with_separate_results():
         row = RunStore().get(run_id)
         assert (row.forget, row.seed, row.status) == (forget, seed, "complete")
         runs[forget] = run_id
-        _open(at, "views/3_Compare.py")  # each session is shown its own run
+        _open(at, "pages/3_Compare.py")  # each session is shown its own run
         assert f"{forget} · seed {seed}" in _texts(at.markdown)
     assert runs["class:3"] != runs["class:5"]
 
@@ -440,9 +440,9 @@ def test_a_run_stored_from_the_command_line_is_shown_without_error(capsys):
         _open(at, page)
         _no_traceback(at)
         assert not at.error, (page, _texts(at.error))
-    for page in ("views/4_Embeddings.py", "views/5_Loss_KDE.py"):
+    for page in ("pages/4_Embeddings.py", "pages/5_Loss_KDE.py"):
         _open(at, page)
         assert "stored with its metrics only" in _texts(at.info), page
-    _open(at, "views/3_Compare.py")
+    _open(at, "pages/3_Compare.py")
     assert list(at.dataframe[0].value["method"])[:2] == ["Retrain", "FT"]
     assert at.get("download_button")  # the download is built from results.json alone

@@ -16,7 +16,7 @@ from mixunlearn.estimate import format_seconds
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.jobs import get_runner
 
-PAGE = "views/6_Generator.py"
+PAGE = "pages/6_Generator.py"
 PAGE_CHARTS = 4  # the page's own: grid, health curves, debug views, training curves
 
 

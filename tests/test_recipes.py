@@ -319,7 +319,6 @@ def test_retrain_floor_scores_an_independent_retrain_against_the_tasks(tmp_path,
     stream-2 seed, cached, scored on the task's split against the task's Retrain."""
     from mixunlearn.metrics import evaluate, gap_to_retrain
     from mixunlearn.pools import pool_seeds
-
     from mixunlearn.training import get_trained
 
     mod = _floor_module()

@@ -13,7 +13,7 @@ from test_app import _app, _charts, _open, _texts, _wait
 from mixunlearn import jobs
 from mixunlearn.jobs import get_runner
 
-PAGE = "views/8_Strong_evaluation.py"
+PAGE = "pages/8_Strong_evaluation.py"
 
 
 def _frame(at, column: str):

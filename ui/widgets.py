@@ -23,13 +23,13 @@ log = logging.getLogger("mixunlearn.app")
 PAGES = {
     # Material icons ship with Streamlit, so they render offline (emoji need a system font).
     "home": ("app.py", "Home", ":material/home:"),
-    "setup": ("views/1_Setup.py", "Setup", ":material/tune:"),
-    "unlearn": ("views/2_Unlearn.py", "Unlearn", ":material/auto_fix_high:"),
-    "compare": ("views/3_Compare.py", "Compare", ":material/table_chart:"),
-    "embeddings": ("views/4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
-    "kde": ("views/5_Loss_KDE.py", "Loss KDE", ":material/area_chart:"),
-    "generator": ("views/6_Generator.py", "Generator", ":material/blur_on:"),
-    "learn": ("views/7_Learn.py", "Learn", ":material/school:"),
+    "setup": ("pages/1_Setup.py", "Setup", ":material/tune:"),
+    "unlearn": ("pages/2_Unlearn.py", "Unlearn", ":material/auto_fix_high:"),
+    "compare": ("pages/3_Compare.py", "Compare", ":material/table_chart:"),
+    "embeddings": ("pages/4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
+    "kde": ("pages/5_Loss_KDE.py", "Loss KDE", ":material/area_chart:"),
+    "generator": ("pages/6_Generator.py", "Generator", ":material/blur_on:"),
+    "learn": ("pages/7_Learn.py", "Learn", ":material/school:"),
 }
 
 

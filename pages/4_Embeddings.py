@@ -4,6 +4,10 @@ lasso selection shows the selected images with labels, predictions and losses.""
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import numpy as np
 import streamlit as st
 

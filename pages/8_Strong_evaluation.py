@@ -4,6 +4,10 @@ linear probe, for the session's task. Layout only: the work is in mixunlearn.str
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import streamlit as st
 
 from mixunlearn import jobs

@@ -7,6 +7,10 @@ curves of L_gen, L_mix, L_real and the mean mask share."""
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import streamlit as st
 
 from mixunlearn import analysis, figures

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import pandas as pd
 import streamlit as st
 

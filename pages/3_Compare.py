@@ -4,6 +4,10 @@ download of the run."""
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import io
 import json
 import zipfile

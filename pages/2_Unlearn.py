@@ -3,6 +3,10 @@ run in the background, watch progress, losses and probe accuracies live, cancel.
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import streamlit as st
 
 from mixunlearn import jobs

@@ -4,6 +4,10 @@ plus one number for how distinguishable forgotten and unseen samples are."""
 
 from __future__ import annotations
 
+from ui.shell import take_over_navigation
+
+take_over_navigation()  # first: app.py's navigation runs before any page (ui/shell.py)
+
 import pandas as pd
 import streamlit as st
 
