@@ -7,16 +7,19 @@ import csv
 import dataclasses
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .experiment import ExperimentConfig, json_safe, run_experiment
+from .data import parse_forget_spec
+from .datahash import data_hash
+from .experiment import ExperimentConfig, json_safe, prepare_data, run_experiment
 from .methods import config_to_dict, make_config
 from .metrics import ALL_METRICS, gap_to_retrain, mean_std
 from .models import MODELS
 from .progress import Callback, ProgressEvent
 from .training import budget_profile, get_recipe
-from .utils import atomic_write_text
+from .utils import atomic_write_text, resolve_device
 
 
 def summarise(results: Sequence[dict]) -> list[dict]:
@@ -84,14 +87,44 @@ def _method_config(name: str, cfg: ExperimentConfig, family: str) -> dict:
     return _as_json(config_to_dict(make_config(name, family, cfg.params.get(name, {}))))
 
 
-def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, list[str]]:
+def record_problem(rec: object, cfg: ExperimentConfig, level: str) -> str | None:
+    """Why a stored record of a done method (or of the original) cannot be reused, or None: its
+    metrics must be a mapping holding every metric of the level's set (ASR only with the attacks on),
+    each a finite number in 0..100 (metrics are percentages)."""
+    if not isinstance(rec, dict):
+        return "the record is not an object"
+    metrics = rec.get("metrics")
+    if not isinstance(metrics, dict):
+        return f"its metrics are {json.dumps(metrics)[:40]}, not a set of numbers"
+    keys = {"class": ("test_r", "test_f", "asr"), "data": ("train_r", "train_f", "test", "asr")}[level]
+    for k in keys:
+        if k == "asr" and not cfg.attacks:
+            continue
+        v = metrics.get(k)
+        if k not in metrics:
+            return f"metric {k} is missing"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"metric {k} is {json.dumps(v)[:40]}, not a number"
+        if not math.isfinite(v):
+            return f"metric {k} is {v}, not a finite number"
+        if not 0.0 <= v <= 100.0:
+            return f"metric {k} = {v:g} is outside 0..100"
+    return None
+
+
+def reusable_records(path: Path, cfg: ExperimentConfig, data_hash: str | None = None,
+                     why: list[str] | None = None) -> tuple[dict | None, list[str]]:
     """What of the seed document at ``path`` can stand for ``cfg`` (a resolved config).
 
     Returns ``(doc, to_run)``. ``doc`` is the stored document when it is the same experiment --
     every field of the config but the method list, their parameters and ``download`` equal, Retrain done with
     the same recipe -- else None (and everything must run). ``to_run`` lists the methods of
     ``cfg`` whose stored record is missing, not done, or made with other hyper-parameters than
-    the code would use now (a change of defaults is never mistaken for a finished run)."""
+    the code would use now (a change of defaults is never mistaken for a finished run), or whose
+    metrics are not valid (:func:`record_problem`: missing, NaN, out of range). With ``data_hash``
+    (:func:`mixunlearn.datahash.data_hash` of the task), a document made on other data is not
+    reused. ``why`` collects one line per record that is not reused because it is invalid."""
+    why = why if why is not None else []
     wanted = [m for m in cfg.methods if m != "retrain"]
     try:
         res = json.loads(path.read_text())
@@ -103,15 +136,29 @@ def reusable_records(path: Path, cfg: ExperimentConfig) -> tuple[dict | None, li
     same = lambda d: {k: v for k, v in d.items() if k not in ("methods", "params", "download")}  # noqa: E731
     if same(res["config"]) != same(_as_json(cfg.to_dict())):
         return None, wanted
+    info = res.get("info") if isinstance(res.get("info"), dict) else {}
+    if data_hash is not None and info.get("data_hash") != data_hash:
+        why.append(f"{path.name}: made on other data (or before data fingerprints); running it again")
+        return None, wanted
+    level = parse_forget_spec(cfg.forget).level
     family = budget_profile(MODELS[cfg.model].builder.family, cfg.recipe)
     methods = res["methods"]
 
     def done(name: str) -> bool:
         rec = methods.get(name)
-        return isinstance(rec, dict) and rec.get("status") == "done" and rec.get("config") == _method_config(
-            name, cfg, family)
+        if not (isinstance(rec, dict) and rec.get("status") == "done"
+                and rec.get("config") == _method_config(name, cfg, family)):
+            return False
+        problem = record_problem(rec, cfg, level)
+        if problem:
+            why.append(f"{path.name}: {name}'s record is invalid ({problem}); running it again")
+        return problem is None
 
-    if not done("retrain") or not isinstance(res.get("original"), dict):
+    if not done("retrain"):
+        return None, wanted
+    problem = record_problem(res.get("original"), cfg, level)
+    if problem:
+        why.append(f"{path.name}: the original's record is invalid ({problem}); running it again")
         return None, wanted
     return res, [m for m in wanted if not done(m)]
 
@@ -163,7 +210,12 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
     for cfg in cfgs:
         cfg = cfg.resolved()
         path = out / f"seed{cfg.seed}.json"
-        doc, to_run = reusable_records(path, cfg) if reuse else (None, [])
+        # The data is loaded first: a seed file is reused only for the same data (its fingerprint).
+        data = prepare_data(cfg, resolve_device(cfg.device))
+        why: list[str] = []
+        doc, to_run = reusable_records(path, cfg, data_hash(data), why) if reuse else (None, [])
+        for line in why:
+            _say(callbacks, line)
         if doc is not None and not to_run:
             _say(callbacks, f"reusing {path} (same config, every method done)")
             res = _restricted(doc, cfg)
@@ -174,11 +226,11 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
             _say(callbacks, f"reusing {len(kept)} method(s) from {path}; running {', '.join(to_run)}")
             sub = dataclasses.replace(cfg, methods=("retrain", *to_run),
                                       params={k: v for k, v in cfg.params.items() if k in to_run})
-            part = run_experiment(sub, callbacks=callbacks).to_json()
+            part = run_experiment(sub, callbacks=callbacks, data=data).to_json()
             res = merge_records(cfg, doc, part)
             write_seed(path, res)
         else:
-            res = run_experiment(cfg, callbacks=callbacks).to_json()
+            res = run_experiment(cfg, callbacks=callbacks, data=data).to_json()
             write_seed(path, res)
         results.append(res)
     return write_tables(results, out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--relearn-cap", type=_bounded_int("--relearn-cap", 1, 100_000), default=500,
                     help="most fine-tuning steps of the relearn check (default 500)")
     ev.add_argument("--out", default=None, help="output folder (default runs/eval-DATASET-FORGET-nN)")
+    ev.add_argument("--estimate-only", action="store_true",
+                    help="print the estimated duration per part (short timed probes) and stop")
     ev.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|local|ADDRESS",
                     help="train the retrained pools' members as Ray tasks (one model per task) before the "
                          "evaluation, which then reads them from the cache (docs/ray.md)")
@@ -310,9 +313,10 @@ def _check_data(cfgs) -> None:
 
 
 def cmd_run(args) -> int:
+    from .datahash import data_hash
     from .estimate import estimate_experiment
     from .experiment import prepare_data, run_experiment
-    from .store import RunStore
+    from .store import RunStore, StoreError
     from .utils import check_home, check_writable_dir, resolve_device
 
     cfg = _experiment_config(args, args.seed)
@@ -325,7 +329,8 @@ def cmd_run(args) -> int:
         store.recover()  # runs left "running" by a process that is gone (kill -9) become interrupted
     # The data and the split are ready before any progress line (one error line when they are not).
     data = prepare_data(cfg, resolve_device(cfg.device))
-    est = estimate_experiment(cfg, sizes=(len(data.x_train), len(data.forget_idx), len(data.x_test)))
+    est = estimate_experiment(cfg, sizes=(len(data.x_train), len(data.forget_idx), len(data.x_test)),
+                              data_hash=data_hash(data))
     print(f"[estimate] {est.text()}", file=sys.stderr, flush=True)
     if args.estimate_only:
         return 0
@@ -333,21 +338,33 @@ def cmd_run(args) -> int:
     run_id = store.begin(cfg.to_dict()) if store else None
     try:
         result = run_experiment(cfg, callbacks=[progress], data=data)
+        not_stored = None
         if store:  # stored first: a results.json that cannot be written below loses nothing
-            store.commit(run_id, result.to_json())
+            try:
+                store.commit(run_id, result.to_json())
+            except (OSError, StoreError) as exc:  # the finished run is still written to --out below
+                not_stored = exc
         progress.close()
         print(format_summary(result.to_json()))
         try:
             path = result.write(out)
         except OSError as exc:
-            kept = f"; the run is stored as run {run_id}" if store else "; the summary above has its numbers"
+            kept = (f"; the run is stored as run {run_id}" if store and not_stored is None
+                    else "; the summary above has its numbers")
             raise OSError(f"could not write {out / 'results.json'} ({exc.strerror or exc}){kept}") from None
+        if not_stored is not None:
+            why = not_stored.strerror if isinstance(not_stored, OSError) and not_stored.strerror else not_stored
+            raise StoreError(f"the run finished but could not be stored in the run store at {store.root} ({why}); "
+                             f"its results were kept in {path}")
     except BaseException as exc:
         if store:  # never left "running"; a run already committed stays complete
             from .progress import RunCancelled
 
             status = "cancelled" if isinstance(exc, (RunCancelled, KeyboardInterrupt)) else "failed"
-            store.finish_unsuccessful(run_id, status, str(exc))
+            try:
+                store.finish_unsuccessful(run_id, status, str(exc))
+            except (OSError, StoreError, sqlite3.Error):  # a store that cannot be written: the error above stands
+                pass
         raise
     finally:
         progress.close()
@@ -437,6 +454,7 @@ def _bench_on_ray(args, settings, outs, out: Path) -> int:
         raise ValueError(f"--ray needs the ray package ({exc}); pip install 'ray>=2.60'") from None
     connected = ray_grid.connect(args.ray)  # RayUnavailable (one line, exit 2) before any work
     try:
+        ray_grid.check_threads_fit(args.threads or 1)  # before any cell: one no node can take waits forever
         tables = ray_grid.run_grid_ray(list(zip(settings, outs)), threads=args.threads or 1,
                                        reuse=not args.fresh, quiet=args.quiet)
     except KeyboardInterrupt:
@@ -457,7 +475,9 @@ def cmd_evaluate(args) -> int:
     the first model is trained; OUT/evaluation.json written atomically; a table printed."""
     from .data import make_split
     from .datasets import load_dataset
+    from .estimate import format_seconds
     from .strong_eval import StrongEvalConfig, format_table, run_strong_evaluation, write_evaluation
+    from .strong_eval import estimate_evaluation as estimate_evaluation
     from .utils import check_home, check_writable_dir
 
     params = param_overrides(args.param)
@@ -477,6 +497,12 @@ def cmd_evaluate(args) -> int:
     check_home()
     dataset = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     data = make_split(dataset, cfg.forget, cfg.seed, eval_split=cfg.eval_split)
+    est = estimate_evaluation(cfg, data=data)
+    parts = ", ".join(f"{k} {format_seconds(v)}" for k, v in est.parts.items())
+    print(f"[estimate] about {est.text()} ({est.to_train} retrained models to train, {est.cached} cached): {parts}",
+          file=sys.stderr, flush=True)
+    if args.estimate_only:
+        return 0
     if args.ray is not None:
         _pools_on_ray(args, cfg, data)
     progress = TqdmProgress(enabled=not args.quiet)

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from .datahash import dataset_hash, split_hash
 from .datasets import DatasetInfo, ImageDataset
 from .utils import shorten
 
@@ -260,6 +261,7 @@ class UnlearnData:
             retain_idx=torch.arange(nf, nf + nr, device=dev),
             x_test=self.x_test[t],
             y_test=None if self.y_test is None else self.y_test[t],
+            meta={k: v for k, v in self.meta.items() if k != "data_hash"},  # other data: another fingerprint
         )
 
 
@@ -298,6 +300,8 @@ def make_split(
         hold = _stratified_holdout(y, val_fraction, torch.Generator().manual_seed(10_000 + seed))
         x_test, y_test = x[hold], y[hold]
         x, y = x[~hold], y[~hold]
+    else:
+        hold = None
     gen = torch.Generator().manual_seed(seed)
     y_clean = y.clone()
     present = set(torch.unique(y).tolist())
@@ -327,7 +331,8 @@ def make_split(
         forget_idx=forget_idx, retain_idx=retain_idx, x_test=x_test, y_test=y_test,
         eval_split=eval_split,
         meta={"source": dataset.source, "n_train": len(y), "n_forget": len(forget_idx),
-              "n_retain": len(retain_idx), "n_test": len(x_test)},
+              "n_retain": len(retain_idx), "n_test": len(x_test),
+              "data_hash": split_hash(dataset_hash(dataset), eval_split, hold, y)},
     )
 
 

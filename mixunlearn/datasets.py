@@ -148,34 +148,87 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzip-compressed when its name ends in .gz) into a NumPy array."""
-    path = Path(path)
-    try:
-        opener: Callable = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise CorruptDataError(f"{path}: cannot read ({exc}); the file looks truncated or corrupt") from exc
-    if len(raw) < 4:
-        raise CorruptDataError(f"{path}: only {len(raw)} bytes; not an IDX file")
-    zero1, zero2, type_code, ndim = raw[0], raw[1], raw[2], raw[3]
+# The most data bytes one IDX file may declare (60,000 28x28 images are 47 MB): a header that
+# promises more is refused before anything is allocated or decompressed.
+MAX_IDX_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+
+def _idx_header(fh, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape an IDX file declares, read from its first bytes only."""
+    head = fh.read(4)
+    if len(head) < 4:
+        raise CorruptDataError(f"{path}: only {len(head)} bytes; not an IDX file")
+    zero1, zero2, type_code, ndim = head[0], head[1], head[2], head[3]
     if zero1 != 0 or zero2 != 0 or type_code not in _IDX_TYPES or ndim == 0:
         raise CorruptDataError(
-            f"{path}: wrong magic number {raw[:4].hex()}; expected 0000 08 0N for an IDX file"
+            f"{path}: wrong magic number {head.hex()}; expected 0000 08 0N for an IDX file"
         )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw_dims = fh.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise CorruptDataError(f"{path}: truncated header")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    dtype = np.dtype(_IDX_TYPES[type_code])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise CorruptDataError(
-            f"{path}: holds {len(raw) - header} data bytes, its header promises {expected} "
-            f"(shape {dims}); the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return np.dtype(_IDX_TYPES[type_code]), struct.unpack(">" + "I" * ndim, raw_dims)
+
+
+def read_idx(path: str | os.PathLike, *, shape: tuple[int | None, ...] | None = None,
+             max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read one IDX file (gzip-compressed when its name ends in .gz) into a NumPy array.
+
+    Nothing is allocated before the header is checked: the magic number, the declared shape
+    (against ``shape``, where ``None`` allows any size), the declared size (at most ``max_bytes``)
+    and, for an uncompressed file, the file's real size. A gzip stream is decompressed in chunks
+    into the declared size and refused when it holds more (a gzip bomb never expands in memory)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise CorruptDataError(f"{path}: not a regular file")
+        gz = path.suffix == ".gz"
+        opener: Callable = gzip.open if gz else open
+        with opener(path, "rb") as fh:
+            dtype, dims = _idx_header(fh, path)
+            header = 4 + 4 * len(dims)
+            if shape is not None and (len(dims) != len(shape)
+                                      or any(w is not None and d != w for d, w in zip(dims, shape))):
+                want = " x ".join("N" if w is None else str(w) for w in shape)
+                raise CorruptDataError(f"{path}: its header declares shape {dims}, expected {want}; "
+                                       "the file is corrupt or of another data set")
+            expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            if expected > max_bytes:
+                raise CorruptDataError(f"{path}: its header declares {expected:,} data bytes (shape {dims}), more "
+                                       f"than the {max_bytes:,} allowed; the file is corrupt")
+            if not gz and st.st_size - header != expected:
+                raise CorruptDataError(
+                    f"{path}: holds {st.st_size - header} data bytes, its header promises {expected} "
+                    f"(shape {dims}); the file is truncated or corrupt"
+                )
+            buf = np.empty(expected, dtype=np.uint8)
+            view, got = memoryview(buf), 0
+            while got < expected:
+                n = fh.readinto(view[got:got + _CHUNK])
+                if not n:
+                    break
+                got += n
+            if got != expected:
+                raise CorruptDataError(
+                    f"{path}: holds {got} data bytes, its header promises {expected} "
+                    f"(shape {dims}); the file is truncated or corrupt"
+                )
+            if fh.read(1):
+                raise CorruptDataError(f"{path}: holds more data than its header declares ({expected} bytes, "
+                                       f"shape {dims}); the file is corrupt")
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise CorruptDataError(_read_problem(path, exc)) from exc
+    return buf.view(dtype).reshape(dims)
+
+
+def _read_problem(path: Path, exc: BaseException) -> str:
+    """Why a data file could not be read, said as it is (a permission, a missing file, damage)."""
+    if isinstance(exc, PermissionError):
+        return f"{path}: cannot be read (permission denied); give this user read access to it"
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: does not exist (any more)"
+    return f"{path}: cannot read ({exc}); the file looks truncated or corrupt"
 
 
 _IDX_FILES = {
@@ -207,7 +260,7 @@ def load_idx_folder(folder: Path, info: DatasetInfo) -> ImageDataset:
         p = _idx_path(folder, stem)
         if p is None:
             raise DataNotFoundError(f"{folder}: missing {stem}(.gz)")
-        arrays[key] = read_idx(p)
+        arrays[key] = read_idx(p, shape=(None, 28, 28) if key.startswith("x_") else (None,))
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[1:] != (28, 28):
@@ -248,9 +301,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a plain data object")
 
 
+# The largest file a CIFAR-10 batch (31 MB) or an SVHN .mat (train 182 MB, extra 1.3 GB) may be:
+# a bigger one is refused before it is read.
+MAX_CIFAR_BATCH_BYTES = 256 << 20
+MAX_SVHN_MAT_BYTES = 4 << 30
+
+
+def _check_file_size(path: Path, max_bytes: int, what: str) -> None:
+    """Refuse a file that is not a regular file or is bigger than ``what`` can be, before reading it."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CorruptDataError(_read_problem(path, exc)) from exc
+    if not path.is_file():
+        raise CorruptDataError(f"{path}: not a regular file")
+    if st.st_size > max_bytes:
+        raise CorruptDataError(f"{path}: {st.st_size:,} bytes, more than a {what} can be ({max_bytes:,}); "
+                               f"the file is corrupt or not a {what}")
+
+
 def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch -> (uint8 N x 3 x 32 x 32, int64 labels)."""
     path = Path(path)
+    _check_file_size(path, MAX_CIFAR_BATCH_BYTES, "CIFAR-10 batch")
     try:
         with open(path, "rb") as fh:
             obj = _RestrictedUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
@@ -306,6 +379,7 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     import scipy.io
 
     path = Path(path)
+    _check_file_size(path, MAX_SVHN_MAT_BYTES, "SVHN .mat file")
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as exc:  # scipy raises several unrelated types for bad files
@@ -414,13 +488,39 @@ _FINDERS = {
 }
 
 
+def _root_problem(data_root: str | os.PathLike | None) -> str | None:
+    """Why an explicitly given data folder cannot hold files (a FIFO, a file, a link to nowhere or a
+    loop of links), or None; a folder that does not exist yet is no problem here (downloads go there)."""
+    if not data_root:
+        return None
+    root = Path(data_root).expanduser()
+    try:
+        if root.is_symlink() and not root.exists():
+            return f"the data folder {root} is a link that leads nowhere (missing target or a loop of links)"
+        if root.exists() and not root.is_dir():
+            what = "a FIFO" if root.is_fifo() else "a file" if root.is_file() else "not a folder"
+            return f"the data folder {root} is {what}, not a folder"
+    except OSError as exc:
+        return f"the data folder {root} cannot be used ({exc.strerror or exc})"
+    return None
+
+
+def _under(folder: Path, data_root: str | os.PathLike) -> bool:
+    root = Path(data_root).expanduser()
+    return folder == root or root in folder.parents
+
+
 def locate(name: str, data_root: str | os.PathLike | None = None) -> Path | None:
-    """The folder holding the data set's files, or None; digits needs none."""
+    """The folder holding the data set's files, or None; digits needs none. An explicit
+    ``data_root`` is the only place searched for a hit (another copy elsewhere does not count)."""
     info = get_info(name)
     if info.offline:
         return Path("sklearn")
+    if _root_problem(data_root):
+        return None
     finder, _ = _FINDERS[name]
-    return finder(_candidate_folders(name, data_root))
+    folder = finder(_candidate_folders(name, data_root))
+    return None if data_root and folder is not None and not _under(folder, data_root) else folder
 
 
 def is_available(name: str, data_root: str | os.PathLike | None = None) -> bool:
@@ -432,9 +532,17 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, download
     info = get_info(name)
     if info.offline:
         return load_digits_dataset(info)
+    problem = _root_problem(data_root)
+    if problem:
+        raise DataNotFoundError(f"{problem}; give a folder that holds the files of {info.title}")
     finder, loader = _FINDERS[name]
     folders = _candidate_folders(name, data_root)
     folder = finder(folders)
+    if data_root and folder is not None and not _under(folder, data_root):
+        # An explicit folder without the files is an error, never silently replaced by another copy.
+        raise DataNotFoundError(
+            f"the data folder {Path(data_root).expanduser()} holds no usable files of {info.title} "
+            f"(expected {info.files_hint}); a copy was found at {folder}: give that folder, or none to use it")
     download_error = None
     if folder is None and download:
         root = _download_root(data_root)

@@ -247,13 +247,16 @@ def _probe(what: str, model: str, dataset: str, recipe: str, device: str, steps:
 
 
 def estimate_experiment(cfg, *, cache: ModelCache | None = None, probe_steps: int = 3, projections: int = 0,
-                        sizes: tuple[int, int, int] | None = None, reuse_seconds: float = 0.0) -> Estimate:
+                        sizes: tuple[int, int, int] | None = None, reuse_seconds: float = 0.0,
+                        data_hash: str | None = None) -> Estimate:
     """The estimated duration of ``run_experiment(cfg)`` on ``cfg.device``, per phase.
 
     ``projections``: how many models the app projects afterwards (0 for the CLI). ``sizes``:
     (n_train, n_forget, n_test) when the caller knows them (else the split is made once here).
     ``reuse_seconds``: reuse this process's probes of the same model, recipe and device made within
-    that many seconds (the app, which redraws often); 0 probes afresh.
+    that many seconds (the app, which redraws often); 0 probes afresh. ``data_hash``: the task's
+    fingerprint (:func:`mixunlearn.datahash.data_hash`) when the caller has the data (else the data
+    set is loaded once per process to find it), which the cached models are keyed on.
     Raises ValueError for an invalid config, as ``run_experiment`` would.
     """
     cfg = cfg.resolved()
@@ -266,7 +269,8 @@ def estimate_experiment(cfg, *, cache: ModelCache | None = None, probe_steps: in
     cache = cache or ModelCache()
     phases: list[Phase] = []
     for kind, n in (("original", n_train), ("retrain", n_retain)):
-        cached = _is_cached(kind, cfg, recipe, cache, n_train)
+        cached = _is_cached(kind, cfg, recipe, cache, n_train, data_hash or _task_hash(
+            cfg.dataset, cfg.data_root, cfg.forget, cfg.seed, cfg.eval_split))
         phases.append(Phase(kind, {"original": "original", "retrain": "Retrain"}[kind],
                             0.0 if cached else step * recipe.steps(n), "cache" if cached else "probe", cached))
     family = budget_profile(MODELS[cfg.model].builder.family, recipe)
@@ -316,12 +320,29 @@ def _same_budget_elsewhere(method: str, cfg, recipe: Recipe, family: str, n_reta
     return None
 
 
-def _is_cached(kind: str, cfg, recipe: Recipe, cache: ModelCache, n_train: int) -> bool:
+@functools.lru_cache(maxsize=16)
+def _task_hash(dataset: str, data_root: str | None, forget: str, seed: int, eval_split: str) -> str | None:
+    """The fingerprint of a task's data (loaded once per process), or None when it cannot be loaded."""
+    from .data import make_split
+    from .datahash import data_hash
+    from .datasets import load_dataset
+
+    try:
+        ds = load_dataset(dataset, data_root, download=False)
+        return data_hash(make_split(ds, forget, seed, eval_split=eval_split))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_cached(kind: str, cfg, recipe: Recipe, cache: ModelCache, n_train: int, data_hash: str | None) -> bool:
     """Whether the trained model of ``kind`` is in the cache (by its key; not loaded)."""
     from .data import parse_forget_spec
 
+    if data_hash is None:
+        return False
     spec = parse_forget_spec(cfg.forget)
-    parts = model_parts(kind, cfg.dataset, str(spec), spec.kind, cfg.seed, cfg.eval_split, n_train, cfg.model, recipe)
+    parts = model_parts(kind, cfg.dataset, str(spec), spec.kind, cfg.seed, cfg.eval_split, n_train, cfg.model, recipe,
+                        data_hash)
     wpath, mpath = cache.paths(cache.key(parts))
     return wpath.is_file() and mpath.is_file()
 

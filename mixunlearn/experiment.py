@@ -19,6 +19,7 @@ import torch
 
 from . import __version__
 from .data import UnlearnData, check_classes, make_split, parse_forget_spec
+from .datahash import data_hash
 from .datasets import get_info, load_dataset
 from .methods import config_to_dict, get_method, make_config, run_method
 from .metrics import ALL_METRICS, evaluate, gap_to_retrain
@@ -274,6 +275,7 @@ def experiment_info(data: UnlearnData, device: torch.device, oracles: Oracles, s
         "n_train": int(len(data.x_train)), "n_forget": int(len(data.forget_idx)),
         "n_retain": int(len(data.retain_idx)), "n_test": int(len(data.x_test)),
         "eval_split": data.eval_split,
+        "data_hash": data_hash(data),  # the data's fingerprint (mixunlearn.datahash): resume checks it
         "cache": {"original": oracles.original.key, "retrain": oracles.oracle.key},
         "started": started, "seconds_total": time.time() - started,
     }

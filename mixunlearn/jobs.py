@@ -324,6 +324,7 @@ class Job:
         self._state = QUEUED
         self._cancel = threading.Event()
         self._no_return = False
+        self.stop_reason = ""  # set when the job is stopped by something other than a Cancel (a shutdown)
         self.created, self.started, self.finished = time.time(), None, None
         self.message = "queued"
         self.error = ""  # for the user
@@ -525,8 +526,11 @@ class JobRunner:
                 if job.state == RUNNING:  # the job itself chose to stop
                     job._transition(CANCELLING)
                 job.error = describe_error(exc)
+                if job.stop_reason:  # not the user's Cancel: say what stopped it
+                    job.error = (f"The run was stopped because {job.stop_reason}; nothing was saved. "
+                                 "Start it again when the app runs again.")
                 job._transition(CANCELLED)
-                job.message = "cancelled"
+                job.message = f"stopped: {job.stop_reason}" if job.stop_reason else "cancelled"
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a message, never a crash
             job.debug = traceback.format_exc()
             job.error = describe_error(exc)
@@ -557,6 +561,7 @@ class JobRunner:
         deadline = time.time() + timeout
         for job in self.jobs():
             if job.state not in FINAL_STATES:
+                job.stop_reason = SHUTDOWN_REASON
                 job.cancel()
         for job in self.jobs():
             if job.thread is not None and job.thread.is_alive():
@@ -579,6 +584,7 @@ def _is_accelerator(device: str | None) -> bool:
         return False
 
 
+SHUTDOWN_REASON = "the app's server shut down"
 _RUNNER: JobRunner | None = None
 _RUNNER_LOCK = threading.Lock()
 
@@ -663,8 +669,11 @@ def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap",
                 st.commit(run_id, results, tensors, files)
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, RunCancelled) else "failed"
+            why = describe_error(exc)
+            if status == "cancelled" and job.stop_reason:  # a shutdown, not the user's Cancel
+                status, why = "interrupted", f"interrupted: {job.stop_reason} while the run was in progress"
             try:
-                st.finish_unsuccessful(run_id, status, describe_error(exc))
+                st.finish_unsuccessful(run_id, status, why)
             except Exception:  # the store itself may be the problem; the job's own error says so
                 pass
             raise

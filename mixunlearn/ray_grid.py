@@ -61,6 +61,47 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
+# How long an address may take to answer as a Ray cluster (MIXUNLEARN_RAY_TIMEOUT overrides it).
+CONNECT_TIMEOUT = 20.0
+# An HTTP/2 client preface and an empty SETTINGS frame: Ray's head (its GCS) is a gRPC server, which
+# answers with a SETTINGS frame of its own; a web server or anything else that is not HTTP/2 does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def connect_timeout() -> float:
+    try:
+        value = float(os.environ.get("MIXUNLEARN_RAY_TIMEOUT", CONNECT_TIMEOUT))
+    except ValueError:
+        return CONNECT_TIMEOUT
+    return value if value > 0 else CONNECT_TIMEOUT
+
+
+def _answers_as_ray(address: str, timeout: float) -> bool:
+    """Whether ``HOST:PORT`` answers as a gRPC (HTTP/2) server within ``timeout`` seconds, as Ray's
+    head does; a web server, an SSH daemon or a port that accepts and stays silent does not (ray.init
+    would wait on them for minutes). With RAY_USE_TLS the check is left to ray.init."""
+    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes"):
+        return True
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                sock.settimeout(left)
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except (OSError, ValueError):  # refused, reset, timed out
+        return False
+    return head[3] == 0x04  # a frame of type SETTINGS
+
+
 def _auto_address() -> str | None:
     """The address ``ray.init(address="auto")`` would try (RAY_ADDRESS, else the cluster last
     started on this machine), or None when there is none or Ray's lookup is not available."""
@@ -72,12 +113,14 @@ def _auto_address() -> str | None:
         return None
 
 
-def connect(address: str) -> bool:
+def connect(address: str, timeout: float | None = None) -> bool:
     """Connect this process to Ray: ``auto`` (a running cluster: RAY_ADDRESS or the one started
     here with ``ray start --head``), ``local`` (start a private one on this machine for this
     command) or ``HOST:PORT`` (a head node). Returns True when this call connected (the caller
     shuts down), False when the process was already connected. Raises :class:`RayUnavailable`
-    with one line when no cluster can be reached."""
+    with one line when no cluster can be reached, or when the address does not answer as a Ray cluster
+    within ``timeout`` seconds (default :func:`connect_timeout`)."""
+    timeout = connect_timeout() if timeout is None else timeout
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"runtime_env": runtime_env(), "logging_level": logging.WARNING,
@@ -90,9 +133,16 @@ def connect(address: str) -> bool:
         if found is not None and not _reachable(found):  # e.g. the note of a cluster since stopped
             raise RayUnavailable(f"--ray auto: no running Ray cluster found (the last one, {found}, does not "
                                  "answer; start one with `ray start --head`, or use --ray local)")
+        if found is not None and not _answers_as_ray(found, timeout):
+            raise RayUnavailable(f"--ray auto: {found} does not answer as a Ray cluster within {timeout:g} s "
+                                 "(something else listens there?); start one with `ray start --head`, "
+                                 "or use --ray local")
     elif not address.startswith("ray://") and not _reachable(address):
         raise RayUnavailable(f"--ray {address}: no Ray cluster answers there (start one with "
                              "`ray start --head` on that machine, or use --ray local)")
+    elif not address.startswith("ray://") and not _answers_as_ray(address, timeout):
+        raise RayUnavailable(f"--ray {address}: something listens there but does not answer as a Ray cluster "
+                             f"within {timeout:g} s (is it the head's GCS port, 6379 by default?)")
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
@@ -101,6 +151,17 @@ def connect(address: str) -> bool:
                 "or use --ray local)") if address == "auto" else first
         raise RayUnavailable(f"--ray {address}: {hint}") from None
     return True
+
+
+def check_threads_fit(threads: int) -> None:
+    """Refuse (:class:`RayUnavailable`, one line) a per-cell CPU request that no node of the
+    connected cluster can grant: Ray would keep every cell pending forever."""
+    cpus = [float((n.get("Resources") or {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive", True)]
+    most = max(cpus, default=0.0)
+    if threads > most:
+        fix = f"use --threads {int(most)} or less" if most >= 1 else "add a node with CPUs"
+        raise RayUnavailable(f"--threads {threads} asks {threads} CPUs for each cell, but the largest node of the Ray "
+                             f"cluster has {most:g}: no cell could ever start; {fix}")
 
 
 def gpus_per_cell(device: str) -> float:
@@ -290,7 +351,15 @@ def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *,
         for cfg in cfgs:
             cfg = cfg.resolved()
             path = out / f"seed{cfg.seed}.json"
-            stored, to_run = reusable_records(path, cfg) if reuse else (None, [])
+            why: list[str] = []
+            if reuse:  # a seed file is reused only for the same data (its fingerprint) and valid records
+                from .datahash import data_hash
+
+                stored, to_run = reusable_records(path, cfg, data_hash(_data(cfg, "cpu")), why)
+            else:
+                stored, to_run = None, []
+            for line in why:
+                write(line)
             if stored is None:
                 to_run = [m for m in cfg.methods if m != "retrain"]
             plans.append(SeedPlan(i, cfg, path, stored, to_run))

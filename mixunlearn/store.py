@@ -115,7 +115,7 @@ class RunStore:
             con.execute("PRAGMA busy_timeout = 30000")
             yield con
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"the run store at {self.db_path} is unreadable: {exc}") from exc
+            raise StoreError(_store_problem(self.db_path, exc)) from exc
         finally:
             con.close()
 
@@ -376,6 +376,18 @@ class RunStore:
         if not path.is_file():
             raise StoreError(f"run {run_id} has no file {name!r}")
         return path.read_bytes()
+
+
+def _store_problem(db_path: Path, exc: sqlite3.Error) -> str:
+    """What is wrong with the store, said as it is: read-only, not openable, or damaged."""
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return (f"the run store at {db_path} cannot be written (it or its folder is read-only: {text}); "
+                "make it writable or set MIXUNLEARN_HOME to another folder")
+    if "unable to open" in low or "disk i/o" in low:
+        return f"the run store at {db_path} cannot be opened ({text}); check the folder's permissions and disk"
+    return f"the run store at {db_path} is unreadable: {text}"
 
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

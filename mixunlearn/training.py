@@ -2,15 +2,20 @@
 
 The original model and Retrain share recipe and seed; Retrain sees only D_r (EVALUATION.md §6).
 Both are cached on disk as safetensors (no pickle), keyed by (dataset, model, recipe, seed,
-forget spec, evaluation split). A cache file that is corrupt, truncated or of another
-architecture is reported through the callbacks, deleted and rebuilt -- never executed.
+forget spec, evaluation split, the data's fingerprint: :mod:`mixunlearn.datahash`). An entry's
+metadata names its key's parts and its weights' SHA-256; an entry whose metadata is of another key
+(files copied from another entry) or whose weights are not the ones it names is refused. A cache
+file that is corrupt, truncated or of another architecture is reported through the callbacks,
+deleted and rebuilt -- never executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -216,6 +221,13 @@ def train_supervised(
 # --------------------------------------------------------------------------- cache
 
 
+class CacheWriteError(OSError):
+    """A trained model could not be written into the model cache (the message names the cache)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class ModelCache:
     """Checkpoints as ``<key>.safetensors`` plus ``<key>.json`` (metadata, written last)."""
 
@@ -245,6 +257,7 @@ class ModelCache:
             if not isinstance(meta, dict):
                 raise ValueError(f"metadata {mpath.name} is not a JSON object")
             float(meta.get("seconds", 0.0))  # a garbage value here would crash the caller later
+            _check_entry(self, key, meta, wpath)
             state = load_file(str(wpath), device="cpu")
             load_state_checked(model, state)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:
@@ -257,8 +270,22 @@ class ModelCache:
 
         wpath, mpath = self.paths(key)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        _atomic_write(wpath, lambda p: save_file(state, str(p)))
-        _atomic_write(mpath, lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+        digest: dict[str, str] = {}
+
+        def write_weights(p) -> None:
+            save_file(state, str(p))
+            digest["sha256"] = _file_sha256(Path(p))
+
+        meta = {**meta}
+        try:
+            _atomic_write(wpath, write_weights)
+            meta["weights_sha256"] = digest["sha256"]
+            _atomic_write(mpath, lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+        except OSError as exc:  # one clear line, not the errno text of a temporary file
+            with contextlib.suppress(OSError):
+                self.remove(key)
+            raise CacheWriteError(exc.errno, f"the model cache at {self.root} cannot be written "
+                                  f"({exc.strerror or type(exc).__name__})") from None
 
     def remove(self, key: str) -> None:
         for p in self.paths(key):
@@ -266,6 +293,26 @@ class ModelCache:
                 p.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_entry(cache: ModelCache, key: str, meta: dict, wpath: Path) -> None:
+    """An entry must be the one its key names: its metadata's parts give its key, and its weights
+    are the file whose SHA-256 the metadata holds (ValueError otherwise)."""
+    parts = meta.get("parts")
+    if not isinstance(parts, dict) or cache.key(parts) != key:
+        other = cache.key(parts) if isinstance(parts, dict) else "no parts"
+        raise ValueError(f"its metadata belongs to another entry ({other}, not {key}): files copied from "
+                         "another model")
+    if meta.get("weights_sha256") != _file_sha256(wpath):
+        raise ValueError("its weights are not the ones its metadata names (replaced or damaged)")
 
 
 def _short(exc: Exception) -> str:
@@ -308,8 +355,14 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        mode = path.stat().st_mode
+    except PermissionError:
+        raise PermissionError(f"checkpoint {path} cannot be read (permission denied)") from None
+    except OSError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"checkpoint {path} is not a file")
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
@@ -352,13 +405,17 @@ class TrainedModel:
 def cache_parts(kind: str, data: UnlearnData, model_name: str, recipe: Recipe) -> dict:
     """What identifies a trained model: the original ignores the forget spec unless the spec
     changed the labels it was trained on (noisy); Retrain always depends on it."""
+    from .datahash import data_hash
+
     return model_parts(kind, data.info.name, str(data.spec), data.spec.kind, data.seed, data.eval_split,
-                       int(len(data.x_train)), model_name, recipe)
+                       int(len(data.x_train)), model_name, recipe, data_hash(data))
 
 
 def model_parts(kind: str, dataset: str, spec: str, spec_kind: str, seed: int, eval_split: str, n_train: int,
-                model_name: str, recipe: Recipe) -> dict:
-    """:func:`cache_parts` from plain values (e.g. to ask whether a model is cached before loading data)."""
+                model_name: str, recipe: Recipe, data_hash: str | None = None) -> dict:
+    """:func:`cache_parts` from plain values (e.g. to ask whether a model is cached); ``data_hash`` is
+    the data's fingerprint (:func:`mixunlearn.datahash.data_hash`): the same name and size with other
+    images or labels is another model."""
     depends_on_spec = kind == "retrain" or spec_kind == "noisy"
     return {
         "kind": kind,
@@ -369,6 +426,7 @@ def model_parts(kind: str, dataset: str, spec: str, spec_kind: str, seed: int, e
         "eval_split": eval_split,
         "forget": spec if depends_on_spec else None,
         "n_train": n_train,
+        "data": data_hash,
     }
 
 
@@ -416,5 +474,9 @@ def get_trained(
     seconds = time.perf_counter() - start
     meta = {"parts": parts, "seconds": seconds, "device": device_name(device), "created": time.time()}
     if use_cache:
-        cache.save(key, model, meta)
+        try:
+            cache.save(key, model, meta)
+        except CacheWriteError as exc:  # the trained model is not lost: the run goes on without caching it
+            emit(callbacks, ProgressEvent(kind, "cache", 0, 0, message=f"{exc}; the {kind} model is used "
+                                          "without being cached"))
     return TrainedModel(model.eval(), seconds, False, key, meta)

@@ -7,6 +7,7 @@ import functools
 import numbers
 import os
 import random
+import stat
 import threading
 import time
 import traceback
@@ -230,12 +231,36 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return path
 
 
+_WRITE_CHECK_TRIES = 20
+
+
+def _is_other(path: Path) -> bool:
+    """Whether ``path`` exists as something other than a folder (a single stat, so a folder that is
+    removed meanwhile never counts as "not a folder")."""
+    try:
+        return not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:  # missing, under a file, a loop of links, a name too long: said by the steps after
+        return False
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist, innermost first."""
+    missing: list[Path] = []
+    parent = path
+    while not parent.exists() and not parent.is_symlink():
+        missing.append(parent)
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    return missing
+
+
 def check_writable_dir(path: str | os.PathLike, what: str, files: tuple[str, ...] = ()) -> Path:
     """Make sure folder ``path`` exists or can be created and that a file can be written in it (and
     that none of ``files`` in it is a folder), leaving nothing behind: folders made for the test are
     removed again. Raises ValueError naming ``what`` (e.g. ``--out``) and the folder."""
     path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
+    if _is_other(path):  # one stat: a folder another check removes meanwhile is not "not a folder"
         raise ValueError(f"{what} {path} exists and is not a folder")
     missing: list[Path] = []
     parent = path
@@ -246,24 +271,42 @@ def check_writable_dir(path: str | os.PathLike, what: str, files: tuple[str, ...
         if parent.parent == parent:
             break
         parent = parent.parent
-    if parent.exists() and not parent.is_dir():
+    if _is_other(parent):
         raise ValueError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
-    created: list[Path] = []
-    try:
-        for folder in reversed(missing):
-            folder.mkdir()
-            created.append(folder)
-        probe = path / f".write-test.{os.getpid()}.{uuid.uuid4().hex[:12]}"
-        with open(probe, "x") as fh:
-            fh.write("x")
-        probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ValueError(f"{what} {path} cannot be written ({reason}); choose another folder") from None
-    finally:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+    # Several checks of the same new folder may run at once (threads, processes): a folder another
+    # check made is used as it is (never "File exists"), and one that another check removes again
+    # between this check's mkdir and its probe is made once more (a few tries; each needs a removal
+    # in exactly that gap). The probe's name is unique to this check.
+    for attempt in range(_WRITE_CHECK_TRIES):
+        created: list[Path] = []
+        try:
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                    created.append(folder)
+                except FileExistsError:
+                    if _is_other(folder):  # a file where the folder should be
+                        raise
+                    if not folder.is_dir():  # made and removed again by another check meanwhile
+                        raise FileNotFoundError(2, "No such file or directory", str(folder)) from None
+            probe = path / f".write-test.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:12]}"
+            with open(probe, "x") as fh:
+                fh.write("x")
+            probe.unlink()
+            break
+        except FileNotFoundError as exc:
+            if attempt + 1 < _WRITE_CHECK_TRIES:
+                missing = _missing_folders(path)  # what is missing now (another check removed it)
+                continue
+            reason = exc.strerror or str(exc)
+            raise ValueError(f"{what} {path} cannot be written ({reason}); choose another folder") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ValueError(f"{what} {path} cannot be written ({reason}); choose another folder") from None
+        finally:
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     for name in files:
         if (path / name).is_dir():
             raise ValueError(f"{what} {path} cannot take {name}: {path / name} is a folder")
@@ -278,6 +321,7 @@ class HomeError(ValueError):
 
 
 HOME_SUBFOLDERS = ("store", "models", "data")
+WRITTEN_SUBFOLDERS = ("models", "store", "store/runs")  # written after the work: checked before it
 
 
 def _home_path() -> tuple[Path, str]:
@@ -322,4 +366,17 @@ def check_home() -> Path:
     for sub in HOME_SUBFOLDERS:
         if (path / sub).exists() and not (path / sub).is_dir():
             raise _home_error(name, f"{path / sub} is a file, not a folder")
+    # The folders a run writes into after its training (the model cache, the run store's files),
+    # where they exist: checked now, so that no finished work is lost to a folder it cannot write.
+    for sub in WRITTEN_SUBFOLDERS:
+        folder = path / sub
+        if folder.is_symlink() and not folder.exists():
+            raise _home_error(name, f"{folder} is a link that leads nowhere")
+        if folder.exists():
+            if not folder.is_dir():
+                raise _home_error(name, f"{folder} is a file, not a folder")
+            try:
+                check_writable_dir(folder, sub)
+            except ValueError:
+                raise _home_error(name, f"no file can be written in its {sub} folder ({folder})") from None
     return path

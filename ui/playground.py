@@ -25,7 +25,7 @@ from mixunlearn.progress import ProgressEvent
 from . import state
 from .progress import show_job
 
-K_JOB = "playground_job"
+K_JOB = state.K_PLAYGROUND_JOB  # its token goes into the URL (?pg=): a reloaded tab finds the run again
 K_ATTACK_JOB = "playground_attack_job"
 K_RESULTS = "playground_results"
 K_COUNTER = "playground_counter"

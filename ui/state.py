@@ -3,8 +3,9 @@
 - The job runner and the run store are process-wide (``st.cache_resource``): jobs outlive page
   scripts, reruns and navigation.
 - Each browser session remembers its job ids and its choices in ``st.session_state``. The
-  experiment job's token also goes into the page's URL (``?job=…``), so a reloaded tab, which
-  starts a new session, finds its running job again (:func:`reattach_jobs`).
+  experiment job's token also goes into the page's URL (``?job=…``), and the generator
+  playground's (``?pg=…``), so a reloaded tab, which starts a new session, finds its running
+  jobs again (:func:`reattach_jobs`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ K_PROJECTION_JOBS = "projection_jobs"
 K_SEEN_FINAL = "seen_final_jobs"
 K_NOTICE = "job_notice"  # a one-time note shown above a job's progress (e.g. "joined the running run")
 JOB_PARAM = "job"  # the URL query parameter holding the experiment job's token
+K_PLAYGROUND_JOB = "playground_job"  # the Generator page's playground run (ui/playground.py)
+PLAYGROUND_PARAM = "pg"  # the URL query parameter holding the playground job's token
+# The jobs a reloaded tab finds again: session key -> (URL parameter, the job kinds it may name;
+# None: any kind).
+URL_JOBS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    K_EXPERIMENT_JOB: (JOB_PARAM, None),
+    K_PLAYGROUND_JOB: (PLAYGROUND_PARAM, ("playground",)),
+}
 
 DEFAULT_SETUP = {"dataset": "digits", "model": None, "kind": "class", "classes": [3], "fraction": 0.4,
                  "seed": 0, "device": "auto", "data_root": "", "recipe": None}
@@ -150,36 +159,40 @@ def forget_spec_text(s: dict[str, Any]) -> str:
 
 def job(key: str) -> jobs.Job | None:
     """This session's job stored under ``key`` (None when absent or forgotten by the runner). A
-    session without an experiment job takes the one the URL's token names (a reloaded tab)."""
+    session without an experiment (or playground) job takes the one the URL's token names (a
+    reloaded tab)."""
     job_id = st.session_state.get(key)
-    if not job_id and key == K_EXPERIMENT_JOB:
-        found = runner().find_token(st.query_params.get(JOB_PARAM))
-        if found is not None:
+    if not job_id and key in URL_JOBS:
+        param, kinds = URL_JOBS[key]
+        found = runner().find_token(st.query_params.get(param))
+        if found is not None and (kinds is None or found.kind in kinds):
             st.session_state[key] = job_id = found.id
     return runner().get(job_id) if job_id else None
 
 
 def remember_job(key: str, job: jobs.Job) -> None:
     st.session_state[key] = job.id
-    if key == K_EXPERIMENT_JOB:
-        _put_token(job)
+    if key in URL_JOBS:
+        _put_token(job, URL_JOBS[key][0])
 
 
-def _put_token(job: jobs.Job) -> None:
-    if st.query_params.get(JOB_PARAM) != job.token:
-        st.query_params[JOB_PARAM] = job.token
+def _put_token(job: jobs.Job, param: str = JOB_PARAM) -> None:
+    if st.query_params.get(param) != job.token:
+        st.query_params[param] = job.token
 
 
 def reattach_jobs() -> None:
-    """Keep this tab's experiment job and the URL's ``?job=`` token in step, on every page run:
-    a new session (a reloaded tab) whose URL names a job the runner knows takes that job as its
-    own; a session with a job puts the job's token back into the URL (navigation may drop it);
-    a token the runner does not know (e.g. from before a restart) is removed."""
-    mine = job(K_EXPERIMENT_JOB)  # takes the URL's job when the session has none
-    if mine is not None:
-        _put_token(mine)
-    elif JOB_PARAM in st.query_params:
-        del st.query_params[JOB_PARAM]
+    """Keep this tab's experiment and playground jobs and the URL's ``?job=`` / ``?pg=`` tokens in
+    step, on every page run: a new session (a reloaded tab) whose URL names a job the runner knows
+    takes that job as its own; a session with a job puts the job's token back into the URL
+    (navigation may drop it); a token the runner does not know (e.g. from before a restart) is
+    removed."""
+    for key, (param, _) in URL_JOBS.items():
+        mine = job(key)  # takes the URL's job when the session has none
+        if mine is not None:
+            _put_token(mine, param)
+        elif param in st.query_params:
+            del st.query_params[param]
 
 
 def notice(key: str, text: str) -> None:
