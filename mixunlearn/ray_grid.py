@@ -387,6 +387,10 @@ def run_grid_ray(settings: Sequence[tuple[Sequence[ExperimentConfig], Path]], *,
         result = _get(ref, cell)
         plan = cell.plan
         if cell.name == "original+retrain":
+            theirs, ours = result["info"].get("data_hash"), (plan.stored or {}).get("info", {}).get("data_hash")
+            if plan.stored is not None and theirs != ours:  # kept records and new ones must be of one data set
+                raise RuntimeError(f"{plan.label}: node {result['where']['host']} read other data files than "
+                                   f"this machine ({theirs} vs {ours}); give every node the same files")
             plan.head = result
             plan.where["original+retrain"] = result["where"]
             detail = _prep_detail(result)
@@ -462,7 +466,10 @@ def pool_member_cell(task: dict, recipe, seed: int, threads: int) -> dict:
                                   data_root=task["data_root"], eval_split=task["eval_split"],
                                   download=task["download"]), device)
     model, seconds, cached, _ = retrained_model(data, task["model"], recipe, seed, ModelCache())
-    return {"weights": _model_bytes(model), "seconds": seconds, "cached": cached, "where": _where()}
+    from .datahash import data_hash
+
+    return {"weights": _model_bytes(model), "seconds": seconds, "cached": cached, "where": _where(),
+            "data_hash": data_hash(data)}
 
 
 def prefill_retrained_pools(cfg, data, recipe, *, threads: int = 1, quiet: bool = False,
@@ -476,6 +483,7 @@ def prefill_retrained_pools(cfg, data, recipe, *, threads: int = 1, quiet: bool 
     from safetensors.torch import load
     from tqdm import tqdm
 
+    from .datahash import data_hash
     from .models import build_model
     from .pools import _save_member, pool_cache_parts, pool_seeds
     from .training import ModelCache, load_state_checked
@@ -503,6 +511,9 @@ def prefill_retrained_pools(cfg, data, recipe, *, threads: int = 1, quiet: bool 
             if isinstance(exc.cause, BaseException):
                 raise exc.cause from None
             raise RuntimeError(f"pool member {stream} {i + 1}: {str(exc).splitlines()[0]}") from None
+        if result.get("data_hash") != data_hash(data):  # cached here under this machine's data's key
+            raise RuntimeError(f"pool member {stream} {i + 1}: node {result['where']['host']} read other data "
+                               "files than this machine; give every node the same files")
         model = build_model(cfg.model, data.info, seed=seed)
         load_state_checked(model, load(result["weights"]))
         _save_member(data, cfg.model, recipe, seed, cache, key, model, result["seconds"])
