@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -193,7 +194,7 @@ def read_idx(path: str | os.PathLike, *, shape: tuple[int | None, ...] | None = 
                 want = " x ".join("N" if w is None else str(w) for w in shape)
                 raise CorruptDataError(f"{path}: its header declares shape {dims}, expected {want}; "
                                        "the file is corrupt or of another data set")
-            expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            expected = math.prod(dims) * dtype.itemsize  # Python ints: a huge header cannot wrap around
             if expected > max_bytes:
                 raise CorruptDataError(f"{path}: its header declares {expected:,} data bytes (shape {dims}), more "
                                        f"than the {max_bytes:,} allowed; the file is corrupt")
