@@ -495,14 +495,12 @@ def _root_problem(data_root: str | os.PathLike | None) -> str | None:
     if not data_root:
         return None
     root = Path(data_root).expanduser()
-    try:
-        if root.is_symlink() and not root.exists():
-            return f"the data folder {root} is a link that leads nowhere (missing target or a loop of links)"
-        if root.exists() and not root.is_dir():
-            what = "a FIFO" if root.is_fifo() else "a file" if root.is_file() else "not a folder"
-            return f"the data folder {root} is {what}, not a folder"
-    except OSError as exc:
-        return f"the data folder {root} cannot be used ({exc.strerror or exc})"
+    # (an OSError such as a name too long propagates: the callers say what it means)
+    if root.is_symlink() and not root.exists():
+        return f"the data folder {root} is a link that leads nowhere (missing target or a loop of links)"
+    if root.exists() and not root.is_dir():
+        what = "a FIFO" if root.is_fifo() else "a file" if root.is_file() else "a special file"
+        return f"the data folder {root} is {what}, not a folder"
     return None
 
 
