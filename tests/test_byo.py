@@ -419,3 +419,27 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_naming_the_tensor(tmp_path, 
     save_file(state, str(bad))
     line = one_line(*cli(["run", "--retrained", bad, "--out", tmp_path / "o"], capsys)[::2])
     assert "--retrained bad.safetensors" in line and "missing ['embed.1.weight']" in line
+
+
+def test_a_config_with_plugins_and_weights_round_trips_as_a_ray_worker_reads_it(tmp_path, clean_registry):
+    """What a Ray cell (or a replay) does: ExperimentConfig.from_dict(cfg.to_dict()).resolved() imports
+    the plugin files again and checks the weights' hash; a config without them is unchanged."""
+    from safetensors.torch import save_file
+
+    from mixunlearn.experiment import ExperimentConfig
+    from mixunlearn.models import build_model
+
+    mine = write(tmp_path / "my_plugin.py", doc_example())
+    weights = tmp_path / "w.safetensors"
+    state = build_model("digits_cnn", get_info("digits"), seed=1).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    cfg = ExperimentConfig(methods=("retrain", "my_method"), plugins=(str(mine),), original=str(weights)).resolved()
+    registry._REGISTRY.pop("my_method")
+    plugins._FILES.clear()  # as in a fresh worker process
+    again = ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).resolved()
+    assert again == cfg and "my_method" in registry._REGISTRY
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # the weights change after the run was set up
+    with pytest.raises(ValueError, match="the file changed since this run was set up"):
+        ExperimentConfig.from_dict(cfg.to_dict()).resolved()
+    plain = ExperimentConfig().resolved().to_dict()
+    assert not {"plugins", "original", "original_sha256", "retrained", "retrained_sha256"} & set(plain)

@@ -38,11 +38,9 @@ def home_plugins(clean_registry):  # noqa: F811 - the fixture of test_byo
 
 
 def test_setup_lists_each_plugin_with_its_methods_or_its_error_and_unlearn_offers_them(home_plugins):
-    at = _setup()
-    assert "`my_plugin.py`: **my_method**" in _texts(at.markdown)
-    errors = _texts(at.error)
-    assert "zz_broken.py" in errors and "RuntimeError: no licence key" in errors and "(line 2)" in errors
-    at.switch_page("pages/2_Unlearn.py")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/2_Unlearn.py")  # first: app.py loads the plugins, not the Setup page
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     methods = at.multiselect(key="unlearn_methods")
@@ -50,6 +48,12 @@ def test_setup_lists_each_plugin_with_its_methods_or_its_error_and_unlearn_offer
     methods.set_value(["my_method"]).run()
     assert not at.exception
     assert "Head tune — hyper-parameters" in [e.label for e in at.expander]
+    at.switch_page("pages/1_Setup.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "`my_plugin.py`: **my_method**" in _texts(at.markdown)
+    errors = _texts(at.error)
+    assert "zz_broken.py" in errors and "RuntimeError: no licence key" in errors and "(line 2)" in errors
 
 
 def test_an_image_folder_is_chosen_by_path_and_a_bad_one_is_a_message(tmp_path):
