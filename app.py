@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import streamlit as st  # noqa: E402
 
 from mixunlearn import jobs
+from mixunlearn.plugins import load_home_plugins
 from ui import actions, state, widgets
 from ui.progress import show_job, sidebar_status
 from ui.shell import take_over_navigation
@@ -114,6 +115,7 @@ def main() -> None:
     if problem and page.title != widgets.PAGES["learn"][1]:
         st.error(problem, icon=":material/folder_off:")
         return
+    load_home_plugins()  # $MIXUNLEARN_HOME/plugins/*.py: their methods join the registry (Setup lists them)
     state.warm_up_projections()  # once per process, in the background
     state.reattach_jobs()  # a reloaded tab finds its running job through the URL
     sidebar_status(state.K_EXPERIMENT_JOB)

@@ -112,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mixunlearn", description="MixUnlearn: machine unlearning lab (python -m mixunlearn)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("list", help="datasets, models and methods with one-line help")
+    lst = sub.add_parser("list", help="datasets, models and methods with one-line help")
+
+    def plugin(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="import FILE.py first: its @register_method methods join the registry "
+                             "(repeatable; the code runs with your rights, see docs/plugins.md)")
+
+    plugin(lst)
 
     def task(sp: argparse.ArgumentParser, recipe_of: str) -> None:
         """The options every experiment command shares: the task, where its data is, the device."""
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'val' scores on a validation split held out from D (for tuning)")
         sp.add_argument("--no-download", action="store_true", help="never try to download data")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        plugin(sp)
 
     def common(sp: argparse.ArgumentParser) -> None:
         task(sp, "the original and Retrain")
@@ -136,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated method names (Retrain is always run: it is the yardstick)")
         sp.add_argument("--no-attacks", action="store_true", help="skip the membership-inference attacks")
         sp.add_argument("--out", default=None, help="output folder")
+        sp.add_argument("--original", default=None, metavar="FILE.safetensors",
+                        help="start from these trained weights (architecture: --model) instead of training "
+                             "the original model")
+        sp.add_argument("--retrained", default=None, metavar="FILE.safetensors",
+                        help="Retrain's weights from this file instead of training Retrain by the recipe")
 
     run = sub.add_parser("run", help="one seed: all methods run and scored against Retrain -> OUT/results.json")
     common(run)
@@ -245,6 +258,8 @@ def cmd_list() -> int:
         kinds = "" if len(m.kinds) == 3 else f" [{'/'.join(m.kinds)} only]"
         print(f"  {m.name:<20} ({m.labels}) {m.summary}{kinds}")
     print("Forget specs: class:K | data:CLASSES:FRACTION (paper default data:5-9:0.4) | noisy:CLASSES:FRACTION")
+    print("Your own data: --dataset imagefolder:PATH (folders of images per class) | npz:FILE "
+          "(x_train, y_train, x_test, y_test); see docs/plugins.md")
     return 0
 
 
@@ -294,6 +309,7 @@ def _experiment_config(args, seed: int):
             dataset=args.dataset, forget=args.forget, methods=tuple(args.methods), seed=seed, model=args.model,
             recipe=args.recipe, device=args.device, data_root=args.data_root, params=params,
             eval_split=args.eval_split, attacks=not args.no_attacks, download=not args.no_download,
+            plugins=tuple(args.plugin), original=args.original, retrained=args.retrained,
         ).resolved()
     except ValueError as exc:
         raise ValueError(_shorten_inputs(str(exc), inputs)) from None
@@ -476,10 +492,12 @@ def cmd_evaluate(args) -> int:
     from .data import make_split
     from .datasets import load_dataset
     from .estimate import format_seconds
+    from .plugins import load_plugins
     from .strong_eval import StrongEvalConfig, format_table, run_strong_evaluation, write_evaluation
     from .strong_eval import estimate_evaluation as estimate_evaluation
     from .utils import check_home, check_writable_dir
 
+    load_plugins(args.plugin)  # before the method names are checked
     params = param_overrides(args.param)
     inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
               *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
@@ -552,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "list":
+            from .plugins import load_plugins
+
+            load_plugins(args.plugin)  # PluginError: one line naming the file, exit 2
             return cmd_list()
         if args.command == "run":
             return cmd_run(args)

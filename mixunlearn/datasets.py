@@ -137,10 +137,21 @@ def dataset_names() -> list[str]:
 
 
 def get_info(name: str) -> DatasetInfo:
+    if _is_user(name):  # imagefolder:PATH, npz:FILE (mixunlearn.userdata): read to know its facts
+        from .userdata import user_info
+
+        return user_info(name)
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, imagefolder:PATH, "
+                         "npz:FILE") from None
+
+
+def _is_user(name: object) -> bool:
+    from .userdata import is_user_dataset
+
+    return is_user_dataset(name)
 
 
 # --------------------------------------------------------------------------- IDX (MNIST family)
@@ -512,6 +523,9 @@ def _under(folder: Path, data_root: str | os.PathLike) -> bool:
 def locate(name: str, data_root: str | os.PathLike | None = None) -> Path | None:
     """The folder holding the data set's files, or None; digits needs none. An explicit
     ``data_root`` is the only place searched for a hit (another copy elsewhere does not count)."""
+    if _is_user(name):
+        p = Path(name.split(":", 1)[1]).expanduser()
+        return p if p.exists() else None
     info = get_info(name)
     if info.offline:
         return Path("sklearn")
@@ -528,6 +542,10 @@ def is_available(name: str, data_root: str | os.PathLike | None = None) -> bool:
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = True) -> ImageDataset:
     """Load a data set by name. See the module docstring for where files are looked for."""
+    if _is_user(name):
+        from .userdata import load_user_dataset
+
+        return load_user_dataset(name)
     info = get_info(name)
     if info.offline:
         return load_digits_dataset(info)

@@ -45,9 +45,17 @@ class ExperimentConfig:
     eval_split: str = "test"  # "val": score on a validation split held out from D (tuning)
     attacks: bool = True
     download: bool = True
+    # Bring your own (docs/plugins.md, docs/app.md). Left out of to_dict() at their defaults, so the
+    # identity of every other config (bench's resume check, the store) is what it was.
+    plugins: tuple[str, ...] = ()  # plugin files (absolute paths once resolved), imported by resolved()
+    original: str | None = None  # the user's trained weights (.safetensors) instead of training f_D
+    original_sha256: str | None = None  # filled in by resolved(): runs and the store key on the weights
+    retrained: str | None = None  # the user's Retrain weights instead of training f_{D_r}
+    retrained_sha256: str | None = None
 
     def resolved(self) -> ExperimentConfig:
         """Validate every field and fill in defaults; raises ValueError naming the problem."""
+        plugins = _resolve_plugins(self.plugins)
         info = get_info(self.dataset)
         model = self.model or info.default_model
         if model not in MODELS:
@@ -90,12 +98,27 @@ class ExperimentConfig:
             raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
         resolve_device(self.device)
         ordered = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
+        weights = {}
+        for kind in ("original", "retrained"):
+            path, sha = getattr(self, kind), getattr(self, f"{kind}_sha256")
+            if path is None:
+                if sha is not None:
+                    raise ValueError(f"{kind}_sha256 is given without --{kind}")
+                continue
+            from .byo import check_weights_file
+
+            weights[kind], weights[f"{kind}_sha256"] = check_weights_file(kind, path, sha, model, info)
         return dataclasses.replace(self, model=model, recipe=recipe, forget=str(spec), methods=tuple(ordered),
-                                   seed=int(seed), params=params)
+                                   seed=int(seed), params=params, plugins=plugins, **weights)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["methods"] = list(self.methods)
+        for k in _BYO_FIELDS:
+            if d[k] in (None, ()):
+                del d[k]
+            elif isinstance(d[k], tuple):
+                d[k] = list(d[k])
         return d
 
     @classmethod
@@ -107,7 +130,24 @@ class ExperimentConfig:
         d = dict(d)
         if "methods" in d:
             d["methods"] = tuple(d["methods"])
+        if "plugins" in d:
+            d["plugins"] = tuple(d["plugins"] or ())
         return cls(**d)
+
+
+_BYO_FIELDS = ("plugins", "original", "original_sha256", "retrained", "retrained_sha256")
+
+
+def _resolve_plugins(plugins: Any) -> tuple[str, ...]:
+    """The plugin files as absolute paths, each imported (once per process) so that its methods are
+    registered before the method names are checked; a file that fails raises PluginError (one line)."""
+    if isinstance(plugins, str):
+        plugins = (plugins,)
+    if not plugins:
+        return ()
+    from .plugins import load_plugin_file
+
+    return tuple(dict.fromkeys(load_plugin_file(p).source for p in plugins))
 
 
 @dataclass
@@ -223,12 +263,22 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
     the original's gap to Retrain is filled in when the attacks are on."""
     recipe = get_recipe(cfg.recipe)
     cache = cache or ModelCache()
-    original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
+    if cfg.original:  # the user's weights (checked and hashed by resolved())
+        from .byo import load_weights
+
+        original = load_weights("original", cfg.original, cfg.original_sha256, data, cfg.model, recipe, callbacks)
+    else:
+        original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
     orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
                                                                              cfg.attacks),
                             original.seconds, cached=original.cached)
-    oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
+    if cfg.retrained:
+        from .byo import load_weights
+
+        oracle = load_weights("retrain", cfg.retrained, cfg.retrained_sha256, data, cfg.model, recipe, callbacks)
+    else:
+        oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
     retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
     retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,

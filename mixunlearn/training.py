@@ -130,6 +130,11 @@ def recipes_for(family: str) -> list[str]:
 
 def default_recipe(dataset: str) -> Recipe:
     """The interactive default recipe of a dataset (the app's and the CLI's when none is given)."""
+    if dataset not in DEFAULT_RECIPE and ":" in str(dataset):  # imagefolder:PATH, npz:FILE
+        from .userdata import default_recipe_name, is_user_dataset
+
+        if is_user_dataset(dataset):
+            return RECIPES[default_recipe_name(dataset)]
     if dataset not in DEFAULT_RECIPE:
         raise ValueError(f"no default recipe for dataset {dataset!r}; known: {', '.join(DEFAULT_RECIPE)}")
     return RECIPES[DEFAULT_RECIPE[dataset]]

@@ -15,8 +15,12 @@ from mixunlearn.datasets import CorruptDataError, dataset_names, get_info, is_av
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.models import MODELS
 from mixunlearn.training import RECIPES, default_recipe, recipe_label, recipes_for
+from mixunlearn.userdata import is_user_dataset
 from ui import actions, state, widgets
 from ui.progress import show_job
+
+OWN_DATA = "__own__"
+OWN_DATA_LABEL = "Image folder or .npz file (your own data)"
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
@@ -62,13 +66,28 @@ with widgets.guarded("the setup"):
     typed_root = str(st.session_state.get("setup_data_root", s.get("data_root", "")) or "").strip()
     folder_problem = actions.data_folder_problem(typed_root)
     data_root = "" if folder_problem else typed_root
-    names = dataset_names()
-    avail = {n: is_available(n, data_root or None) for n in names}
-    dataset = st.selectbox(
-        "Dataset", names, index=names.index(s["dataset"]) if s["dataset"] in names else 0,
-        format_func=lambda n: f"{get_info(n).title}" + ("" if avail[n] else " — files not found"),
+    names = dataset_names() + [OWN_DATA]
+    avail = {n: is_available(n, data_root or None) for n in names[:-1]}
+    remembered_own = is_user_dataset(s["dataset"])
+    choice = st.selectbox(
+        "Dataset", names, index=names.index(OWN_DATA if remembered_own else s["dataset"])
+        if remembered_own or s["dataset"] in names else 0,
+        format_func=lambda n: OWN_DATA_LABEL if n == OWN_DATA else
+        f"{get_info(n).title}" + ("" if avail[n] else " — files not found"),
         key="setup_dataset",
     )
+    if choice == OWN_DATA:
+        default_path = s["dataset"].split(":", 1)[1] if remembered_own else ""
+        own_path = st.text_input("Folder of images (one folder per class) or .npz file", value=default_path,
+                                 key="setup_own_path", help=actions.OWN_DATA_HELP).strip()
+        dataset, problem = actions.own_dataset(own_path)
+        if problem:
+            st.error(problem)
+            actions.plugins_panel()
+            st.stop()
+        avail[dataset] = True
+    else:
+        dataset = choice
     info = get_info(dataset)
     st.caption(info.description)
     with st.expander("Data folder", expanded=bool(typed_root)):
@@ -95,6 +114,8 @@ with widgets.guarded("the setup"):
                          else 0, format_func=lambda m: f"{m} — {MODELS[m].summary}", key="setup_model")
     recipes = recipes_for(MODELS[model].builder.family) or [default_recipe(dataset).name]
     dataset_default = default_recipe(dataset).name
+    if is_user_dataset(dataset) and dataset_default not in recipes:  # small folders: the small-data recipe
+        recipes = [dataset_default] + recipes
     remembered = s.get("recipe") if s.get("recipe") in recipes else None
     recipe = st.selectbox(
         "Training recipe (original model and Retrain)", recipes,
@@ -191,3 +212,6 @@ with widgets.guarded("the setup"):
             caps = [f"label {int(split.y_train[i])}" + (f" (true {int(split.y_clean[i])})" if kind == "noisy" else "")
                     for i in show]
             st.plotly_chart(figures.image_grid(split.x_train[show], caps, max_cols=12), key="forget_grid")
+
+with widgets.guarded("the plugins"):
+    actions.plugins_panel()

@@ -3,6 +3,7 @@ at once, not a failed job later)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -52,6 +53,37 @@ def data_folder_problem(text: str | os.PathLike | None) -> str | None:
     return None
 
 
+OWN_DATA_HELP = ("A folder laid out as CLASS/images (20% of each class held out as test) or train/CLASS and "
+                 "test/CLASS; every image is resized to 28x28. Or a .npz file with x_train, y_train, x_test, "
+                 "y_test. See docs/plugins.md.")
+
+
+def own_dataset(path: str) -> tuple[str, str | None]:
+    """The dataset name of a typed folder or .npz path, and the reason it cannot be used (or None)."""
+    from mixunlearn.userdata import check_path
+
+    with st.spinner("Reading the images…"):
+        return check_path(path)
+
+
+def plugins_panel() -> None:
+    """The plugin files of $MIXUNLEARN_HOME/plugins/ (loaded by app.py), each with its methods or error."""
+    from mixunlearn.plugins import load_home_plugins, plugins_dir
+
+    infos = load_home_plugins()
+    st.subheader("Plugins")
+    st.caption(f"Your own methods: every *.py file in `{plugins_dir()}` is imported when the app starts "
+               "(restart it after a change). Plugin code runs with your rights; see docs/plugins.md.")
+    if not infos:
+        st.markdown("No plugin files.")
+    for info in infos:
+        name = Path(info.source).name
+        if info.ok:
+            st.markdown(f"- `{name}`: " + (", ".join(f"**{m}**" for m in info.methods) or "no method registered"))
+        else:
+            st.error(f"`{name}`: {info.error}")
+
+
 def experiment_running() -> bool:
     job = state.job(state.K_EXPERIMENT_JOB)
     return job is not None and job.view(with_history=False).active
@@ -68,6 +100,10 @@ def start_experiment(cfg: ExperimentConfig, label: str, estimate_s: float | None
         st.error(f"{folder_problem} Correct it under 'Data folder' on the Setup page; nothing was started.")
         return None
     try:
+        if not cfg.plugins:  # plugin methods: their files travel with the config (replay, store)
+            from mixunlearn.plugins import plugin_paths_of
+
+            cfg = dataclasses.replace(cfg, plugins=plugin_paths_of(cfg.methods))
         resolved = cfg.resolved()
         store = state.store()
         if not is_available(resolved.dataset, resolved.data_root):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..data import UnlearnData
-from ..progress import Callback, NonFiniteLossError, check_finite_weights
+from ..progress import Callback, NonFiniteLossError, RunCancelled, check_finite_weights
 from ..utils import synchronize
 
 
@@ -270,6 +270,41 @@ class MethodResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class PluginMethodError(NonFiniteLossError):
+    """A plugin's method raised, returned something other than a model of the original's
+    architecture, or a model with NaN/inf weights. A subclass of NonFiniteLossError so that every
+    caller (a run, the app's jobs, the strong evaluation) records that method as failed, with this
+    one line naming the plugin's file, and goes on with the others."""
+
+    def __init__(self, method: str, source: str, problem: str):
+        RuntimeError.__init__(self, f"{method} (plugin {source}): {problem}")
+        self.method, self.step, self.what, self.source = method, -1, problem, source
+
+
+def _plugin_source(spec: MethodSpec) -> str:
+    """The file of a method that is not one of the package's own, else ``""``."""
+    module = getattr(spec.fn, "__module__", "") or ""
+    if module.startswith("mixunlearn.methods"):
+        return ""
+    code = getattr(spec.fn, "__code__", None)
+    return str(code.co_filename) if code is not None else module
+
+
+def _architecture_problem(original: nn.Module, model: nn.Module) -> str:
+    """How ``model``'s tensors differ from ``original``'s (names and shapes), or ``""``."""
+    own = {k: tuple(v.shape) for k, v in original.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k, shape in own.items():
+        if k not in got:
+            return f"returned a model of another architecture (tensor {k} is missing)"
+        if got[k] != shape:
+            return f"returned a model of another shape (tensor {k} is {got[k]}, the original's is {shape})"
+    extra = [k for k in got if k not in own]
+    if extra:
+        return f"returned a model of another architecture (unexpected tensor {extra[0]})"
+    return ""
+
+
 class _LastStep:
     """A callback that remembers the last step a method reported (for errors between reports)."""
 
@@ -313,20 +348,41 @@ def run_method(
     model = copy.deepcopy(original).to(device)
     view = data.without_labels() if spec.labels == "agnostic" else data
     reported = _LastStep()
+    plugin = _plugin_source(spec)
     synchronize(device)
     start = time.perf_counter()
     try:
         out = spec.fn(model, view, cfg, device=device, callbacks=[reported, *(callbacks or [])])
+    except (NonFiniteLossError, RunCancelled, KeyboardInterrupt):
+        raise
     except FloatingPointError as exc:
         # Python's own signal of a non-finite value (e.g. a NaN check inside a method's modules):
         # the same failure as a NaN loss, so the experiment records the method as failed.
         raise NonFiniteLossError(name, reported.step, f"a computed value ({exc})", after=True) from exc
+    except Exception as exc:
+        if not plugin:  # a built-in method's bug stays an internal error
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise PluginMethodError(name, plugin, f"raised {type(exc).__name__}: {text}") from exc
     synchronize(device)
     seconds = time.perf_counter() - start
     if isinstance(out, MethodOutput):
         model, extras = out.model, out.extras
     else:
         model, extras = out, {}
+    if not isinstance(model, nn.Module):
+        what = f"returned {type(model).__name__}, not a torch model (nn.Module) or MethodOutput"
+        if plugin:
+            raise PluginMethodError(name, plugin, what)
+        raise TypeError(f"method {name!r} {what}")
+    if plugin:
+        problem = _architecture_problem(original, model)
+        if problem:
+            raise PluginMethodError(name, plugin, problem)
+        try:
+            check_finite_weights(model, name, -1)
+        except NonFiniteLossError:
+            raise PluginMethodError(name, plugin, "returned a model with NaN or infinite weights") from None
     check_finite_weights(model, name, -1)
     model.eval()
     return MethodResult(name, model, seconds, config_to_dict(cfg), extras)
