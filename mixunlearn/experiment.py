@@ -20,6 +20,7 @@ import torch
 from . import __version__
 from .data import UnlearnData, check_classes, make_split, parse_forget_spec
 from .datasets import get_info, load_dataset
+from .diagnostics import Diagnoser, add_tow
 from .methods import config_to_dict, get_method, make_config, run_method
 from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
@@ -122,6 +123,7 @@ class MethodRecord:
     error: str = ""
     cached: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)  # per_class, prediction_matrix, cka (diagnostics.py)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"metrics": _round(self.metrics), "seconds": _num(self.seconds)}
@@ -132,6 +134,9 @@ class MethodRecord:
             out["cached"] = True
         if self.error:
             out["error"] = self.error
+        for key in ("per_class", "prediction_matrix", "cka"):
+            if key in self.analysis:
+                out[key] = self.analysis[key]
         health = self.extras.get("health") if isinstance(self.extras, dict) else None
         if health:  # MixUnlearn's generator health at its last snapshot (METHOD.md §9)
             out["generator"] = {k: (v if isinstance(v, (str, int)) and not isinstance(v, bool) else _num(v))
@@ -183,6 +188,7 @@ class ExperimentResult:
     info: dict[str, Any] = field(default_factory=dict)
     data: UnlearnData | None = None
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # the attack's per-example view
 
     def to_json(self) -> dict[str, Any]:
         """The results.json document (DESIGN.md); never contains NaN or inf (they become null)."""
@@ -232,6 +238,8 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
     retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
     retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
                                config={"recipe": recipe.to_dict()}, cached=oracle.cached)
+    add_tow(retrain_metrics, retrain_metrics)
+    add_tow(orig_rec.metrics, retrain_metrics)
     if cfg.attacks:
         retrain_rec.gap_to_retrain = 0.0
         orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, data.spec.level)
@@ -255,7 +263,7 @@ def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, 
         return MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
                             config=config_to_dict(mcfg), error=str(exc)), None
     emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
-    metrics = evaluate(res.model, data, cfg.seed, cfg.attacks)
+    metrics = add_tow(evaluate(res.model, data, cfg.seed, cfg.attacks), retrain_metrics)
     gap = gap_to_retrain(metrics, retrain_metrics, data.spec.level) if cfg.attacks else None
     return MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
                         res.config, extras=res.extras), res.model
@@ -285,8 +293,12 @@ def run_experiment(
     cache: ModelCache | None = None,
     keep_models: bool = False,
     data: UnlearnData | None = None,
+    analyses: bool = True,
 ) -> ExperimentResult:
     """Run every method of ``cfg`` (Retrain always first) and score each against Retrain.
+
+    ``analyses`` (default on): every model's per-class accuracy, prediction matrices, layer-wise CKA
+    and (with the attacks) the attack's per-example scores (diagnostics.py, EVALUATION.md §8).
 
     A method that fails with NaN/inf losses is recorded as failed (no metrics) and the others
     go on; :class:`~mixunlearn.progress.RunCancelled` from a callback stops everything.
@@ -302,13 +314,25 @@ def run_experiment(
     oracles = prepare_oracles(cfg, data, cache, callbacks)
     records: dict[str, MethodRecord] = {"retrain": oracles.retrain_record}
     models: dict[str, torch.nn.Module] = {"original": oracles.original.model, "retrain": oracles.oracle.model}
+    diag = None
+    if analyses:
+        emit(callbacks, ProgressEvent("experiment", "analyse", 0, 1, message="analysing the original and Retrain"))
+        diag = Diagnoser(data, cfg.seed, oracles.original.model, oracles.oracle.model, cfg.attacks)
+        oracles.original_record.analysis = diag.add("original", oracles.original.model)
+        oracles.retrain_record.analysis = diag.add("retrain", oracles.oracle.model)
     for name in cfg.methods:
         if name == "retrain":
             continue
         records[name], model = run_one_method(name, cfg, oracles.original.model, data,
                                               oracles.retrain_record.metrics, device, callbacks)
+        if diag is not None and model is not None:
+            emit(callbacks, ProgressEvent(name, "analyse", 0, 1, message=f"analysing {records[name].display}"))
+            records[name].analysis = diag.add(name, model)
         if keep_models and model is not None:
             models[name] = model
     info = experiment_info(data, device, oracles, started)
+    if diag is not None:
+        info["diagnostics"] = {"cka_layers": list(diag.result.layers), "cka_probe": diag.result.probe_size,
+                               "attack_subsets": {s: int(len(i)) for s, i in diag.result.subsets.items()}}
     return ExperimentResult(cfg, oracles.original_record, records, info, data if keep_models else None,
-                            models if keep_models else {})
+                            models if keep_models else {}, diag.result.to_tensors() if diag is not None else {})

@@ -693,6 +693,7 @@ def run_payload(result, pack, live_history: dict | None = None) -> tuple[dict, d
     info = get_info(cfg.dataset)
     results = result.to_json()
     tensors = pack.to_tensors()
+    tensors.update(getattr(result, "diagnostics", None) or {})  # the attack's per-example view (diagnostics.py)
     extras_summary: dict[str, dict[str, int]] = {}
     for name, rec in result.methods.items():
         snaps = rec.extras.get("snapshots") if isinstance(rec.extras, dict) else None
