@@ -282,6 +282,34 @@ class Diagnoser:
         return part
 
 
+def examples_by_disagreement(view: AttackView, which: str, reference: str = "retrain") -> list[int]:
+    """Positions of the examples of set ``which``, the one whose attack score differs most from
+    ``reference``'s (over the other models) first."""
+    ref = view.scores.get(reference, {}).get(which)
+    n = len(view.indices[which])
+    if ref is None or len(view.models) < 2:
+        return list(range(n))
+    gaps = np.zeros(n)
+    for m in view.models:
+        if m != reference:
+            gaps = np.fmax(gaps, np.abs(view.scores[m][which] - ref))
+    return [int(i) for i in np.argsort(-gaps, kind="stable")]
+
+
+def example_rows(view: AttackView, which: str, pos: int, reference: str = "retrain",
+                 titles: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per model for one example: its loss, its attack score and the score's difference to
+    ``reference``'s."""
+    ref = view.scores.get(reference, {}).get(which)
+    rows = []
+    for m in view.models:
+        score = float(view.scores[m][which][pos])
+        rows.append({"model": (titles or {}).get(m, m), "loss (CE)": float(view.losses[m][which][pos]),
+                     "attack score P(member)": score,
+                     "Δ score to Retrain": None if ref is None else score - float(ref[pos])})
+    return rows
+
+
 def row_normalised(matrix: Sequence[Sequence[int]]) -> np.ndarray:
     """A prediction matrix as shares (%) of each true class's examples (NaN rows where a class has
     none)."""
@@ -291,6 +319,10 @@ def row_normalised(matrix: Sequence[Sequence[int]]) -> np.ndarray:
         return np.where(tot > 0, 100.0 * m / np.where(tot > 0, tot, 1), np.nan)
 
 
-__all__ = ["ATTACK_SETS", "ATTACK_SUBSET", "BLOCKS", "CKA_PROBE", "AttackView", "Diagnoser", "RunDiagnostics",
-           "add_tow", "attack_subsets", "attack_view", "block_names", "block_outputs", "linear_cka",
-           "per_class_accuracy", "prediction_matrix", "probe_indices", "row_normalised", "tow"]
+def enlarged(img: torch.Tensor, size: int = 112) -> np.ndarray:
+    """A uint8 ``C x H x W`` image as ``H x W`` (grey) or ``H x W x 3``, enlarged with square pixels to
+    about ``size`` pixels for display."""
+    a = img.detach().cpu().numpy()
+    a = a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+    k = max(1, size // max(1, a.shape[0]))
+    return np.repeat(np.repeat(a, k, axis=0), k, axis=1)
