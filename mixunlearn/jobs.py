@@ -624,7 +624,7 @@ def demo_config(device: str = "auto"):
 
 
 def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap", label: str = "",
-                   probe_size: int = 64) -> JobFn:
+                   probe_size: int = 64, analyses: bool = True) -> JobFn:
     """A job function that runs :func:`~mixunlearn.experiment.run_experiment` with live probe
     accuracies, builds the analysis pack, and commits everything to the run store.
 
@@ -651,7 +651,7 @@ def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap",
             job.raise_if_cancelled()
             probe = ProbeAccuracy(data, n=probe_size, seed=resolved.seed)
             result = run_experiment(resolved, callbacks=[probe, job.callback], cache=cache, keep_models=True,
-                                    data=data)
+                                    data=data, analyses=analyses)
             job.raise_if_cancelled()
             job.say("evaluating every model on the analysis subsets")
             order = ["original", "retrain"] + [m for m in result.methods if m != "retrain" and m in result.models]

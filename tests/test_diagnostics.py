@@ -62,6 +62,21 @@ def test_tow_is_the_product_over_forget_retain_test_and_leaves_the_gap_alone():
     assert np.isnan(diagnostics.tow({"train_r": 1.0}, retrain))
 
 
+def test_bench_tables_carry_tow_even_for_seed_documents_written_before_it():
+    from mixunlearn.bench import summarise, to_markdown
+
+    retrain = {"test_r": 99.0, "test_f": 0.0, "asr": 30.0, "train_f": 0.0, "train_r": 100.0, "ta": 99.0}
+    ft = {"test_r": 98.0, "test_f": 50.0, "asr": 40.0, "train_f": 60.0, "train_r": 100.0, "ta": 98.0}
+    old = {"info": {"level": "class"}, "methods": {"retrain": {"status": "done", "metrics": retrain, "seconds": 5},
+                                                   "finetune": {"status": "done", "metrics": ft, "seconds": 1}}}
+    rows = {r["method"]: r for r in summarise([old, old])}
+    assert rows["finetune"]["tow"] == pytest.approx(100 * 0.4 * 1.0 * 0.99)
+    assert rows["finetune"]["gap_to_retrain"] == pytest.approx((1 + 50 + 10) / 3)  # the gap is unchanged
+    head = to_markdown(list(rows.values()), "class").splitlines()[0]
+    assert "| tow |" in head and "| tow_mia |" in head
+    assert "tow" not in old["methods"]["finetune"]["metrics"]  # the documents themselves are left alone
+
+
 # --------------------------------------------------------------------------- a digits run
 
 
@@ -218,7 +233,7 @@ def test_compare_shows_every_new_view_on_a_class_level_run(class_run, digits_cla
     rows = [f for f in frames if "attack score P(member)" in f.columns][0]
     assert list(rows["model"]) == ["Retrain", "FT", "NegGrad", "MixUnlearn", "Original"]
     assert rows["Δ score to Retrain"].iloc[0] == 0.0
-    assert len(at.get("imgs")) >= 1
+    assert len(at.get("image")) >= 1
     metrics = [f for f in frames if "ToW" in f.columns][0]
     assert metrics["ToW"].iloc[0] == 100.0
     del run_id
