@@ -58,7 +58,8 @@ def _with_tow(rec: dict, doc: dict) -> dict:
     retrain = ((doc.get("methods") or {}).get("retrain") or {}).get("metrics") or {}
     if "tow" in metrics or not retrain:
         return rec
-    return {**rec, "metrics": add_tow(dict(metrics), retrain)}
+    filled = add_tow(dict(metrics), retrain)
+    return {**rec, "metrics": {k: v for k, v in filled.items() if k in metrics or v == v}}  # no NaN ToW
 
 
 def _mean(values: Sequence[float]) -> float | None:

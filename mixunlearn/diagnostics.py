@@ -251,10 +251,15 @@ class Diagnoser:
                 self.result.images[s] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
                 self.result.labels[s] = y.cpu()
 
-    def add(self, name: str, model: nn.Module) -> dict[str, Any]:
+    def add(self, name: str, model: nn.Module, kept: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Diagnose ``model``; ``kept``: what ``metrics.evaluate(..., keep=kept)`` left for this model
+        (its logits and its fitted ASR attacker), reused instead of computed again."""
         data = self.data
-        logits_train = predict_logits(model, data.x_train)
-        logits_test = predict_logits(model, data.x_test)
+        kept = kept or {}
+        logits_train = kept.get("logits_train")
+        logits_train = predict_logits(model, data.x_train) if logits_train is None else logits_train
+        logits_test = kept.get("logits_test")
+        logits_test = predict_logits(model, data.x_test) if logits_test is None else logits_test
         f_idx = data.forget_idx
         part: dict[str, Any] = {
             "per_class": {c: (None if v is None else round(v, 4))
@@ -267,7 +272,7 @@ class Diagnoser:
         self.result.json[name] = part
         if self.attacks:
             p_train, p_test = logits_train.softmax(1), logits_test.softmax(1)
-            clf = asr_attacker(p_train[data.retain_idx], p_test, self.seed)
+            clf = kept["attacker"] if "attacker" in kept else asr_attacker(p_train[data.retain_idx], p_test, self.seed)
             scores, losses = {}, {}
             for s, idx in self.result.subsets.items():
                 logits = (logits_train if s != "test" else logits_test)[idx.to(logits_train.device)]

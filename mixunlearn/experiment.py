@@ -223,19 +223,22 @@ class Oracles:
 
 
 def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache | None = None,
-                    callbacks: list[Callback] | None = None) -> Oracles:
+                    callbacks: list[Callback] | None = None, keep: dict | None = None) -> Oracles:
     """Train or load the original model and Retrain of ``cfg`` (a resolved config) and score both;
-    the original's gap to Retrain is filled in when the attacks are on."""
+    the original's gap to Retrain is filled in when the attacks are on. ``keep``: a dict that
+    receives each model's evaluation leftovers under "original" and "retrain" (metrics.evaluate)."""
     recipe = get_recipe(cfg.recipe)
     cache = cache or ModelCache()
     original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
+    keep_o = {} if keep is None else keep.setdefault("original", {})
+    keep_r = {} if keep is None else keep.setdefault("retrain", {})
     orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
-                                                                             cfg.attacks),
+                                                                             cfg.attacks, keep=keep_o),
                             original.seconds, cached=original.cached)
     oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
-    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
+    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks, keep=keep_r)
     retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
                                config={"recipe": recipe.to_dict()}, cached=oracle.cached)
     add_tow(retrain_metrics, retrain_metrics)
@@ -248,7 +251,8 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
 
 def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, data: UnlearnData,
                    retrain_metrics: Mapping[str, float], device: torch.device,
-                   callbacks: list[Callback] | None = None) -> tuple[MethodRecord, torch.nn.Module | None]:
+                   callbacks: list[Callback] | None = None,
+                   keep: dict | None = None) -> tuple[MethodRecord, torch.nn.Module | None]:
     """One method of ``cfg`` on a copy of ``original``, scored against Retrain's metrics: the cell
     that ``run_experiment`` and the Ray grid (mixunlearn.ray_grid) both run. A method that fails
     with NaN/inf losses gives a failed record (no metrics) and no model."""
@@ -263,7 +267,7 @@ def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, 
         return MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
                             config=config_to_dict(mcfg), error=str(exc)), None
     emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
-    metrics = add_tow(evaluate(res.model, data, cfg.seed, cfg.attacks), retrain_metrics)
+    metrics = add_tow(evaluate(res.model, data, cfg.seed, cfg.attacks, keep=keep), retrain_metrics)
     gap = gap_to_retrain(metrics, retrain_metrics, data.spec.level) if cfg.attacks else None
     return MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
                         res.config, extras=res.extras), res.model
@@ -311,23 +315,25 @@ def run_experiment(
     emit(callbacks, ProgressEvent("experiment", "data", 0, 1, message=f"loading {cfg.dataset}"))
     if data is None:
         data = prepare_data(cfg, device)
-    oracles = prepare_oracles(cfg, data, cache, callbacks)
+    kept: dict[str, dict] = {}  # each model's logits and ASR attacker, reused by the diagnostics
+    oracles = prepare_oracles(cfg, data, cache, callbacks, keep=kept if analyses else None)
     records: dict[str, MethodRecord] = {"retrain": oracles.retrain_record}
     models: dict[str, torch.nn.Module] = {"original": oracles.original.model, "retrain": oracles.oracle.model}
     diag = None
     if analyses:
         emit(callbacks, ProgressEvent("experiment", "analyse", 0, 1, message="analysing the original and Retrain"))
         diag = Diagnoser(data, cfg.seed, oracles.original.model, oracles.oracle.model, cfg.attacks)
-        oracles.original_record.analysis = diag.add("original", oracles.original.model)
-        oracles.retrain_record.analysis = diag.add("retrain", oracles.oracle.model)
+        oracles.original_record.analysis = diag.add("original", oracles.original.model, kept.pop("original", None))
+        oracles.retrain_record.analysis = diag.add("retrain", oracles.oracle.model, kept.pop("retrain", None))
     for name in cfg.methods:
         if name == "retrain":
             continue
+        kept_m: dict | None = {} if diag is not None else None
         records[name], model = run_one_method(name, cfg, oracles.original.model, data,
-                                              oracles.retrain_record.metrics, device, callbacks)
+                                              oracles.retrain_record.metrics, device, callbacks, keep=kept_m)
         if diag is not None and model is not None:
             emit(callbacks, ProgressEvent(name, "analyse", 0, 1, message=f"analysing {records[name].display}"))
-            records[name].analysis = diag.add(name, model)
+            records[name].analysis = diag.add(name, model, kept_m)
         if keep_models and model is not None:
             models[name] = model
     info = experiment_info(data, device, oracles, started)

@@ -130,11 +130,13 @@ def attack_success_rate(
     probs_test: torch.Tensor,
     seed: int,
     max_train: int = 5000,
+    keep: dict | None = None,
 ) -> float:
     """ASR (EVALUATION.md §2.1). Features: softmax outputs sorted in descending order.
 
     The attacker learns members = D_r vs non-members = T_A, and is scored on D_f (members)
-    vs T_B (non-members), balanced. A fresh attacker for every evaluated model.
+    vs T_B (non-members), balanced. A fresh attacker for every evaluated model. ``keep``: a dict
+    that receives the fitted attacker as ``keep["attacker"]`` (for the per-example view).
     """
     rng = np.random.default_rng(seed)
     t_a, t_b = split_test_halves(len(probs_test), seed)
@@ -143,6 +145,8 @@ def attack_success_rate(
     if n == 0 or m == 0:
         return float("nan")
     clf = asr_attacker(probs_retain, probs_test, seed, max_train, rng=rng)
+    if keep is not None:
+        keep["attacker"] = clf
     f_idx = rng.choice(len(probs_forget), m, replace=False)
     b_idx = rng.choice(t_b, m, replace=False)
     x_eval = np.concatenate([asr_features(probs_forget[torch.as_tensor(f_idx)]),
@@ -182,9 +186,12 @@ def evaluate(
     data: UnlearnData,
     seed: int | None = None,
     attacks: bool = True,
+    keep: dict | None = None,
 ) -> dict[str, float]:
     """Every metric of EVALUATION.md for one model on one task (labels are read here even for
-    label-agnostic methods: evaluation may use them)."""
+    label-agnostic methods: evaluation may use them). ``keep``: a dict that receives the logits
+    (``logits_train``, ``logits_test``) and the fitted ASR attacker (``attacker``), so the run's
+    diagnostics reuse them instead of computing them again."""
     if data.y_train is None or data.y_test is None:
         raise ValueError("evaluation needs the labelled task, not a label-agnostic view")
     seed = data.seed if seed is None else seed
@@ -193,6 +200,8 @@ def evaluate(
     y_train, y_test = data.y_train, data.y_test
     f_idx, r_idx = data.forget_idx, data.retain_idx
     test_f_mask = data.test_forget_mask()
+    if keep is not None:
+        keep.update(logits_train=logits_train, logits_test=logits_test)
     out = {
         "test_r": accuracy(logits_test[~test_f_mask], y_test[~test_f_mask]),
         "test_f": accuracy(logits_test[test_f_mask], y_test[test_f_mask]),
@@ -205,7 +214,7 @@ def evaluate(
     out["ta"] = out["test_r"] if data.spec.kind == "class" else out["test"]
     if attacks:
         p_train, p_test = logits_train.softmax(1), logits_test.softmax(1)
-        out["asr"] = attack_success_rate(p_train[r_idx], p_train[f_idx], p_test, seed)
+        out["asr"] = attack_success_rate(p_train[r_idx], p_train[f_idx], p_test, seed, keep=keep)
         conf_train = p_train.gather(1, y_train[:, None]).squeeze(1)
         conf_test = p_test.gather(1, y_test[:, None]).squeeze(1)
         nonmember = ~test_f_mask if data.spec.kind == "class" else torch.ones_like(test_f_mask)

@@ -117,6 +117,13 @@ def test_class_3_per_class_accuracy_cka_and_tow(class_run):
         for s in diagnostics.ATTACK_SETS:
             v = view.scores[m][s]
             assert len(v) == len(view.indices[s]) and np.all((v >= 0) & (v <= 1))
+    # the attacker reused from the ASR's evaluation is the one a fresh fit gives (same samples, same seed)
+    data = class_run.data
+    fresh = diagnostics.Diagnoser(data, 0, class_run.models["original"], class_run.models["retrain"])
+    fresh.add("finetune", class_run.models["finetune"])
+    for s in diagnostics.ATTACK_SETS:
+        assert np.array_equal(fresh.result.scores["finetune"][s].numpy(), view.scores["finetune"][s].astype(np.float32))
+    assert fresh.result.json["finetune"]["cka"] == methods["finetune"]["cka"]
     # Retrain never saw D_f: the attack calls its D_f less "member" than the original's
     assert np.median(view.scores["retrain"]["forget"]) < np.median(view.scores["original"]["forget"])
     json.dumps(doc, allow_nan=False)
