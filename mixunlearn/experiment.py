@@ -321,7 +321,7 @@ def run_experiment(
     models: dict[str, torch.nn.Module] = {"original": oracles.original.model, "retrain": oracles.oracle.model}
     diag = None
     if analyses:
-        emit(callbacks, ProgressEvent("experiment", "analyse", 0, 1, message="analysing the original and Retrain"))
+        emit(callbacks, ProgressEvent("experiment", "evaluate", 0, 1, message="analysing the original and Retrain"))
         diag = Diagnoser(data, cfg.seed, oracles.original.model, oracles.oracle.model, cfg.attacks)
         oracles.original_record.analysis = diag.add("original", oracles.original.model, kept.pop("original", None))
         oracles.retrain_record.analysis = diag.add("retrain", oracles.oracle.model, kept.pop("retrain", None))
@@ -332,7 +332,7 @@ def run_experiment(
         records[name], model = run_one_method(name, cfg, oracles.original.model, data,
                                               oracles.retrain_record.metrics, device, callbacks, keep=kept_m)
         if diag is not None and model is not None:
-            emit(callbacks, ProgressEvent(name, "analyse", 0, 1, message=f"analysing {records[name].display}"))
+            emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"analysing {records[name].display}"))
             records[name].analysis = diag.add(name, model, kept_m)
         if keep_models and model is not None:
             models[name] = model
