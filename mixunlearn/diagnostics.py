@@ -1,4 +1,4 @@
-"""Where and why a model differs from Retrain (EVALUATION.md §8): per-class test accuracy, the
+"""Where and why a model differs from Retrain (EVALUATION.md §2.5): per-class test accuracy, the
 prediction matrix (true -> predicted) on D_f and on the test split, layer-wise linear CKA to
 Retrain and to the original model on a fixed probe set, the membership attack's per-example
 scores, and the tug-of-war score ToW.

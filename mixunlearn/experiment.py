@@ -302,7 +302,7 @@ def run_experiment(
     """Run every method of ``cfg`` (Retrain always first) and score each against Retrain.
 
     ``analyses`` (default on): every model's per-class accuracy, prediction matrices, layer-wise CKA
-    and (with the attacks) the attack's per-example scores (diagnostics.py, EVALUATION.md §8).
+    and (with the attacks) the attack's per-example scores (diagnostics.py, EVALUATION.md §2.5).
 
     A method that fails with NaN/inf losses is recorded as failed (no metrics) and the others
     go on; :class:`~mixunlearn.progress.RunCancelled` from a callback stops everything.
