@@ -616,7 +616,7 @@ def per_class_heatmap(per_class: Mapping[str, Mapping[str, float | None]], *, re
     ref = per_class.get(reference, {})
     classes = sorted({int(c) for row in per_class.values() for c in row})
     cname = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes]
-    cname = [f"{n} (forgotten)" if c in set(forget_classes) else n for c, n in zip(classes, cname)]
+    cname = [f"{n} (D_f)" if c in set(forget_classes) else n for c, n in zip(classes, cname)]
     z, text = [], []
     for n in names:
         zr, tr = [], []
@@ -633,7 +633,8 @@ def per_class_heatmap(per_class: Mapping[str, Mapping[str, float | None]], *, re
                                colorbar=dict(title="Δ to<br>Retrain"),
                                hovertemplate="%{y}, class %{x}: %{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="class (test accuracy %, difference to Retrain in brackets)", type="category")
+    fig.update_xaxes(title_text="class ((D_f): has examples in the forget set) · test accuracy %, difference to "
+                          "Retrain in brackets", type="category")
     return _layout(fig, title, 110 + 42 * len(names))
 
 
