@@ -49,6 +49,8 @@ def shoot(home: str, chromium: str, shots: dict[str, int], attack_name: str | No
             page = browser.new_page(viewport={"width": 1200, "height": 5200})
             page.goto(f"{url}/Compare")
             page.get_by_text("The membership attack's view").wait_for(timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6",
+                                   timeout=180_000)
             page.wait_for_timeout(2500)
             charts = page.get_by_test_id("stPlotlyChart")
             for name, k in shots.items():
@@ -62,16 +64,21 @@ def shoot(home: str, chromium: str, shots: dict[str, int], attack_name: str | No
             browser.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--homes", nargs=2, metavar=("DEMO_HOME", "DATA_HOME"),
+                    help="reuse two homes this script filled before (skips the runs)")
     args = ap.parse_args()
-    demo, data = tempfile.mkdtemp(prefix="mixunlearn-shots-"), tempfile.mkdtemp(prefix="mixunlearn-shots-")
-    make_run(demo, "class:3")
-    make_run(data, "data:5-9:0.4")
+    if args.homes:
+        demo, data = args.homes
+    else:
+        demo, data = tempfile.mkdtemp(prefix="mixunlearn-shots-"), tempfile.mkdtemp(prefix="mixunlearn-shots-")
+        make_run(demo, "class:3")
+        make_run(data, "data:5-9:0.4")
     # charts on Compare: 0 metrics, 1 gap, 2 class-wise, 3 prediction matrix, 4 CKA, 5 attack
     shoot(demo, args.chromium, {"classwise": 2, "matrix": 3, "cka": 4}, "attack")
     shoot(data, args.chromium, {"data-classwise": 2}, "data-attack")
