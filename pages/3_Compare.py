@@ -147,7 +147,7 @@ def report_html(run_id: str, results_json: str) -> bytes:
                                title=f"MixUnlearn run {run_id}").encode()
 
 
-@st.cache_data(show_spinner="Preparing the download…", max_entries=4)
+@st.cache_data(show_spinner=False, max_entries=4)
 def download_zip(run_id: str, results_json: str, config_json: str, csv: str, level: str) -> bytes:
     results = json.loads(results_json)
     rows = [r for r in jobs.comparison_rows(results)]
@@ -241,13 +241,13 @@ if picked is not None:
             except StoreError:  # runs stored from the command line (or an old store) keep only results.json
                 return make()
 
-        data = download_zip(run_id, stored_or("results.json", lambda: json.dumps(results)),
-                            stored_or("config.json", lambda: json.dumps(cfg, indent=2, default=str)),
-                            stored_or("metrics.csv", lambda: jobs.comparison_csv(results)), level)
-        st.download_button("Download the run (config, metrics CSV, figures as HTML)", data,
+        parts = (run_id, stored_or("results.json", lambda: json.dumps(results)),
+                 stored_or("config.json", lambda: json.dumps(cfg, indent=2, default=str)),
+                 stored_or("metrics.csv", lambda: jobs.comparison_csv(results)), level)
+        # Both downloads are built when pressed (a callable), so opening the page never waits for them.
+        st.download_button("Download the run (config, metrics CSV, figures as HTML)", lambda: download_zip(*parts),
                            file_name=f"mixunlearn-{run_id}.zip", mime="application/zip", key="download_run")
         results_json = json.dumps(results)
-        # Built when pressed (a callable), so the page never waits for it.
         st.download_button("Download the report (one HTML file that opens offline)",
                            lambda: report_html(run_id, results_json), file_name=f"mixunlearn-{run_id}-report.html",
                            mime="text/html", key="download_report")
