@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .data import parse_forget_spec
 from .datahash import data_hash
+from .diagnostics import add_tow
 from .experiment import ExperimentConfig, json_safe, prepare_data, run_experiment
 from .methods import config_to_dict, make_config
 from .metrics import ALL_METRICS, gap_to_retrain, mean_std
@@ -26,8 +27,8 @@ def summarise(results: Sequence[dict]) -> list[dict]:
     """Rows (Retrain first) from a list of results.json dicts of the same setting."""
     level = results[0]["info"]["level"]
     names = list(results[0]["methods"])
-    per_method = {n: [r["methods"][n] for r in results if r["methods"].get(n, {}).get("status") == "done"]
-                  for n in names}
+    per_method = {n: [_with_tow(r["methods"][n], r) for r in results
+                      if r["methods"].get(n, {}).get("status") == "done"] for n in names}
     stats = {n: mean_std([rec["metrics"] for rec in recs]) for n, recs in per_method.items() if recs}
     # results.json writes null for a time or metric that could not be measured.
     secs = {n: [rec["seconds"] for rec in recs if rec.get("seconds") is not None] for n, recs in per_method.items()}
@@ -51,6 +52,17 @@ def summarise(results: Sequence[dict]) -> list[dict]:
                                         if row["seconds"] is not None and retrain_secs else None)
         rows.append(row)
     return rows
+
+
+def _with_tow(rec: dict, doc: dict) -> dict:
+    """``rec`` with ToW (and ToW-MIA) in its metrics: seed documents written before ToW existed get it
+    from their own Retrain's metrics, so a resumed table has it for every seed."""
+    metrics = rec.get("metrics") or {}
+    retrain = ((doc.get("methods") or {}).get("retrain") or {}).get("metrics") or {}
+    if "tow" in metrics or not retrain:
+        return rec
+    filled = add_tow(dict(metrics), retrain)
+    return {**rec, "metrics": {k: v for k, v in filled.items() if k in metrics or v == v}}  # no NaN ToW
 
 
 def _mean(values: Sequence[float]) -> float | None:

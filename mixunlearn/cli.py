@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the cells as Ray tasks: auto = a running cluster (ray start --head), "
                             "local = a private one on this machine, HOST:PORT = that head node (docs/ray.md)")
 
+    rep = sub.add_parser("report", help="OUT/report.html from a run's OUT/results.json: tables, charts, the "
+                                        "generator's images; one self-contained file that opens offline")
+    rep.add_argument("out", help="the run's output folder (written by 'run --out OUT')")
+    rep.add_argument("--run", default=None, metavar="RUN_ID",
+                     help="take the run from the run store instead of OUT/results.json (OUT receives report.html)")
+
     ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
                                          "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
     task(ev, "the original and the retrained pools")
@@ -332,6 +338,7 @@ def cmd_run(args) -> int:
     from .datahash import data_hash
     from .estimate import estimate_experiment
     from .experiment import prepare_data, run_experiment
+    from .report import TENSORS_FILE, result_tensors
     from .store import RunStore, StoreError
     from .utils import check_home, check_writable_dir, resolve_device
 
@@ -354,16 +361,19 @@ def cmd_run(args) -> int:
     run_id = store.begin(cfg.to_dict()) if store else None
     try:
         result = run_experiment(cfg, callbacks=[progress], data=data)
+        tensors = result_tensors(result)
         not_stored = None
         if store:  # stored first: a results.json that cannot be written below loses nothing
             try:
-                store.commit(run_id, result.to_json())
+                store.commit(run_id, result.to_json(), tensors)
             except (OSError, StoreError) as exc:  # the finished run is still written to --out below
                 not_stored = exc
         progress.close()
         print(format_summary(result.to_json()))
         try:
             path = result.write(out)
+            if tensors:  # the attack's per-example view and the generator snapshots, for `report`
+                write_tensors(out / TENSORS_FILE, tensors)
         except OSError as exc:
             kept = (f"; the run is stored as run {run_id}" if store and not_stored is None
                     else "; the summary above has its numbers")
@@ -385,6 +395,52 @@ def cmd_run(args) -> int:
     finally:
         progress.close()
     print(f"wrote {path}" + (f"; stored as run {run_id}" if store else ""))
+    return 0
+
+
+def write_tensors(path: Path, tensors: dict) -> None:
+    """Tensors as safetensors, written to a temporary name and renamed over ``path``."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from .report import TENSORS_FILE, build_report
+    from .utils import atomic_write_text, check_writable_dir
+
+    out = Path(args.out)
+    tensors = None
+    if args.run:
+        from .store import RunStore
+
+        store = RunStore()
+        row = store.get(args.run)
+        if row.status != "complete" or not row.results:
+            raise ValueError(f"run {args.run} is {row.status}, not complete; it has no results to report")
+        results = row.results
+        tensors = store.load_tensors(args.run)
+        check_writable_dir(out, "OUT", files=("report.html",))
+    else:
+        src = out / "results.json"
+        if not src.is_file():
+            raise ValueError(f"{src} not found; pass the folder a run wrote (run --out OUT), or --run RUN_ID")
+        try:
+            results = json.loads(src.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{src} is not a results.json document ({exc})") from None
+        if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
+            raise ValueError(f"{src} is not a results.json document (no 'methods')")
+        if (out / TENSORS_FILE).is_file():
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(out / TENSORS_FILE))
+    path = atomic_write_text(out / "report.html", build_report(results, tensors))
+    print(f"wrote {path}")
     return 0
 
 
@@ -580,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "report":
+            return cmd_report(args)
     except NonFiniteLossError as exc:
         _error_line(exc)
         return 1

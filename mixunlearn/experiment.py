@@ -21,6 +21,7 @@ from . import __version__
 from .data import UnlearnData, check_classes, make_split, parse_forget_spec
 from .datahash import data_hash
 from .datasets import get_info, load_dataset
+from .diagnostics import Diagnoser, add_tow
 from .methods import config_to_dict, get_method, make_config, run_method
 from .metrics import ALL_METRICS, evaluate, gap_to_retrain
 from .models import MODELS
@@ -163,6 +164,7 @@ class MethodRecord:
     error: str = ""
     cached: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)  # per_class, prediction_matrix, cka (diagnostics.py)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"metrics": _round(self.metrics), "seconds": _num(self.seconds)}
@@ -173,6 +175,9 @@ class MethodRecord:
             out["cached"] = True
         if self.error:
             out["error"] = self.error
+        for key in ("per_class", "prediction_matrix", "cka"):
+            if key in self.analysis:
+                out[key] = self.analysis[key]
         health = self.extras.get("health") if isinstance(self.extras, dict) else None
         if health:  # MixUnlearn's generator health at its last snapshot (METHOD.md §9)
             out["generator"] = {k: (v if isinstance(v, (str, int)) and not isinstance(v, bool) else _num(v))
@@ -224,6 +229,7 @@ class ExperimentResult:
     info: dict[str, Any] = field(default_factory=dict)
     data: UnlearnData | None = None
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # the attack's per-example view
 
     def to_json(self) -> dict[str, Any]:
         """The results.json document (DESIGN.md); never contains NaN or inf (they become null)."""
@@ -258,9 +264,10 @@ class Oracles:
 
 
 def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache | None = None,
-                    callbacks: list[Callback] | None = None) -> Oracles:
+                    callbacks: list[Callback] | None = None, keep: dict | None = None) -> Oracles:
     """Train or load the original model and Retrain of ``cfg`` (a resolved config) and score both;
-    the original's gap to Retrain is filled in when the attacks are on."""
+    the original's gap to Retrain is filled in when the attacks are on. ``keep``: a dict that
+    receives each model's evaluation leftovers under "original" and "retrain" (metrics.evaluate)."""
     recipe = get_recipe(cfg.recipe)
     cache = cache or ModelCache()
     if cfg.original:  # the user's weights (checked and hashed by resolved())
@@ -270,8 +277,10 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
     else:
         original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("original", "evaluate", 0, 1, message="scoring the original model"))
+    keep_o = {} if keep is None else keep.setdefault("original", {})
+    keep_r = {} if keep is None else keep.setdefault("retrain", {})
     orig_rec = MethodRecord("original", "Original", "aware", "done", evaluate(original.model, data, cfg.seed,
-                                                                             cfg.attacks),
+                                                                             cfg.attacks, keep=keep_o),
                             original.seconds, cached=original.cached)
     if cfg.retrained:
         from .byo import load_weights
@@ -280,9 +289,11 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
     else:
         oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
     emit(callbacks, ProgressEvent("retrain", "evaluate", 0, 1, message="scoring Retrain"))
-    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks)
+    retrain_metrics = evaluate(oracle.model, data, cfg.seed, cfg.attacks, keep=keep_r)
     retrain_rec = MethodRecord("retrain", "Retrain", "aware", "done", retrain_metrics, oracle.seconds,
                                config={"recipe": recipe.to_dict()}, cached=oracle.cached)
+    add_tow(retrain_metrics, retrain_metrics)
+    add_tow(orig_rec.metrics, retrain_metrics)
     if cfg.attacks:
         retrain_rec.gap_to_retrain = 0.0
         orig_rec.gap_to_retrain = gap_to_retrain(orig_rec.metrics, retrain_metrics, data.spec.level)
@@ -291,7 +302,8 @@ def prepare_oracles(cfg: ExperimentConfig, data: UnlearnData, cache: ModelCache 
 
 def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, data: UnlearnData,
                    retrain_metrics: Mapping[str, float], device: torch.device,
-                   callbacks: list[Callback] | None = None) -> tuple[MethodRecord, torch.nn.Module | None]:
+                   callbacks: list[Callback] | None = None,
+                   keep: dict | None = None) -> tuple[MethodRecord, torch.nn.Module | None]:
     """One method of ``cfg`` on a copy of ``original``, scored against Retrain's metrics: the cell
     that ``run_experiment`` and the Ray grid (mixunlearn.ray_grid) both run. A method that fails
     with NaN/inf losses gives a failed record (no metrics) and no model."""
@@ -306,7 +318,7 @@ def run_one_method(name: str, cfg: ExperimentConfig, original: torch.nn.Module, 
         return MethodRecord(name, spec.display, spec.labels, "failed", seconds=0.0,
                             config=config_to_dict(mcfg), error=str(exc)), None
     emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"scoring {spec.display}"))
-    metrics = evaluate(res.model, data, cfg.seed, cfg.attacks)
+    metrics = add_tow(evaluate(res.model, data, cfg.seed, cfg.attacks, keep=keep), retrain_metrics)
     gap = gap_to_retrain(metrics, retrain_metrics, data.spec.level) if cfg.attacks else None
     return MethodRecord(name, spec.display, spec.labels, "done", metrics, res.seconds, gap,
                         res.config, extras=res.extras), res.model
@@ -337,8 +349,12 @@ def run_experiment(
     cache: ModelCache | None = None,
     keep_models: bool = False,
     data: UnlearnData | None = None,
+    analyses: bool = True,
 ) -> ExperimentResult:
     """Run every method of ``cfg`` (Retrain always first) and score each against Retrain.
+
+    ``analyses`` (default on): every model's per-class accuracy, prediction matrices, layer-wise CKA
+    and (with the attacks) the attack's per-example scores (diagnostics.py, EVALUATION.md §2.5).
 
     A method that fails with NaN/inf losses is recorded as failed (no metrics) and the others
     go on; :class:`~mixunlearn.progress.RunCancelled` from a callback stops everything.
@@ -351,16 +367,30 @@ def run_experiment(
     emit(callbacks, ProgressEvent("experiment", "data", 0, 1, message=f"loading {cfg.dataset}"))
     if data is None:
         data = prepare_data(cfg, device)
-    oracles = prepare_oracles(cfg, data, cache, callbacks)
+    kept: dict[str, dict] = {}  # each model's logits and ASR attacker, reused by the diagnostics
+    oracles = prepare_oracles(cfg, data, cache, callbacks, keep=kept if analyses else None)
     records: dict[str, MethodRecord] = {"retrain": oracles.retrain_record}
     models: dict[str, torch.nn.Module] = {"original": oracles.original.model, "retrain": oracles.oracle.model}
+    diag = None
+    if analyses:
+        emit(callbacks, ProgressEvent("experiment", "evaluate", 0, 1, message="analysing the original and Retrain"))
+        diag = Diagnoser(data, cfg.seed, oracles.original.model, oracles.oracle.model, cfg.attacks)
+        oracles.original_record.analysis = diag.add("original", oracles.original.model, kept.pop("original", None))
+        oracles.retrain_record.analysis = diag.add("retrain", oracles.oracle.model, kept.pop("retrain", None))
     for name in cfg.methods:
         if name == "retrain":
             continue
+        kept_m: dict | None = {} if diag is not None else None
         records[name], model = run_one_method(name, cfg, oracles.original.model, data,
-                                              oracles.retrain_record.metrics, device, callbacks)
+                                              oracles.retrain_record.metrics, device, callbacks, keep=kept_m)
+        if diag is not None and model is not None:
+            emit(callbacks, ProgressEvent(name, "evaluate", 0, 1, message=f"analysing {records[name].display}"))
+            records[name].analysis = diag.add(name, model, kept_m)
         if keep_models and model is not None:
             models[name] = model
     info = experiment_info(data, device, oracles, started)
+    if diag is not None:
+        info["diagnostics"] = {"cka_layers": list(diag.result.layers), "cka_probe": diag.result.probe_size,
+                               "attack_subsets": {s: int(len(i)) for s, i in diag.result.subsets.items()}}
     return ExperimentResult(cfg, oracles.original_record, records, info, data if keep_models else None,
-                            models if keep_models else {})
+                            models if keep_models else {}, diag.result.to_tensors() if diag is not None else {})

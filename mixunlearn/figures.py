@@ -598,3 +598,112 @@ def confidence_distributions(groups: Mapping[str, Sequence[float]], *, title: st
     fig.update_layout(barmode="overlay", xaxis_title="log p_y − log(1 − p_y) (logit-scaled confidence)",
                       yaxis_title="models")
     return _layout(fig, title, 340)
+
+
+# --------------------------------------------------------------------------- where a model differs from Retrain
+
+
+def _model_titles(names: Sequence[str], titles: Mapping[str, str] | None) -> list[str]:
+    return [(titles or {}).get(n, n) for n in names]
+
+
+def per_class_heatmap(per_class: Mapping[str, Mapping[str, float | None]], *, reference: str = "retrain",
+                      titles: Mapping[str, str] | None = None, class_names: Sequence[str] | None = None,
+                      forget_classes: Sequence[int] = (), title: str | None = None) -> go.Figure:
+    """Methods x classes, each cell the model's test accuracy on that class, coloured by its
+    difference to ``reference`` (Retrain): red below, blue above, white equal."""
+    names = list(per_class)
+    ref = per_class.get(reference, {})
+    classes = sorted({int(c) for row in per_class.values() for c in row})
+    cname = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes]
+    cname = [f"{n} (D_f)" if c in set(forget_classes) else n for c, n in zip(classes, cname)]
+    z, text = [], []
+    for n in names:
+        zr, tr = [], []
+        for c in classes:
+            v, r = per_class[n].get(str(c)), ref.get(str(c))
+            d = None if v is None or r is None else float(v) - float(r)
+            zr.append(d)
+            tr.append("–" if v is None else f"{float(v):.0f}" + ("" if d is None else f"<br>({d:+.0f})"))
+        z.append(zr)
+        text.append(tr)
+    lim = max([abs(v) for row in z for v in row if v is not None] + [1.0])
+    fig = go.Figure(go.Heatmap(z=z, x=cname, y=_model_titles(names, titles), text=text, texttemplate="%{text}",
+                               colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, xgap=1, ygap=1,
+                               colorbar=dict(title="Δ to<br>Retrain"),
+                               hovertemplate="%{y}, class %{x}: %{text}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="class ((D_f): has examples in the forget set) · test accuracy %, difference to "
+                          "Retrain in brackets", type="category")
+    return _layout(fig, title, 110 + 42 * len(names))
+
+
+def prediction_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], *, titles: Mapping[str, str] | None = None,
+                        class_names: Sequence[str] | None = None, max_cols: int = 3,
+                        title: str | None = None) -> go.Figure:
+    """One true -> predicted matrix per model (rows: true class, share of its examples in %;
+    the counts on hover), side by side on one colour scale."""
+    from .diagnostics import row_normalised
+
+    names = list(matrices)
+    n_rows, n_cols = _grid_shape(len(names), max_cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=_model_titles(names, titles),
+                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    for p, n in enumerate(names):
+        m = np.asarray(matrices[n], dtype=float)
+        k = len(m)
+        labels = [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(k)]
+        share = row_normalised(m)
+        fig.add_trace(go.Heatmap(z=share, x=labels, y=labels, customdata=m, zmin=0, zmax=100, colorscale="Blues",
+                                 showscale=p == 0, colorbar=dict(title="% of<br>true class"),
+                                 text=[[("" if not np.isfinite(v) or v < 0.5 else f"{v:.0f}") for v in row]
+                                       for row in share], texttemplate="%{text}", textfont=dict(size=9),
+                                 hovertemplate="true %{y} → predicted %{x}: %{customdata} (%{z:.1f} %)<extra></extra>"),
+                      row=p // n_cols + 1, col=p % n_cols + 1)
+    fig.update_yaxes(autorange="reversed", type="category", title_text="true")
+    fig.update_xaxes(type="category", title_text="predicted")
+    return _layout(fig, title, 340 * n_rows + 60)
+
+
+def cka_chart(cka: Mapping[str, Mapping[str, Sequence[float | None]]], layers: Sequence[str], *,
+              titles: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+    """Layer-wise linear CKA of every model's block outputs to Retrain's (left) and to the
+    original model's (right), one line per model."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("CKA to Retrain", "CKA to the original model"),
+                        shared_yaxes=True, horizontal_spacing=0.05)
+    for i, (n, parts) in enumerate(cka.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        for col, key in ((1, "to_retrain"), (2, "to_original")):
+            vals = list(parts.get(key) or [])
+            fig.add_trace(go.Scatter(x=list(layers)[:len(vals)], y=vals, mode="lines+markers",
+                                     name=(titles or {}).get(n, n), legendgroup=n, showlegend=col == 1,
+                                     line=dict(color=colour, width=3 if n == "retrain" else 2)), row=1, col=col)
+    fig.update_yaxes(title_text="linear CKA", row=1, col=1)
+    fig.update_xaxes(title_text="block (input → output)", type="category")
+    return _layout(fig, title, 380)
+
+
+def attack_distributions(scores: Mapping[str, Mapping[str, Sequence[float]]], *, reference: str = "retrain",
+                         titles: Mapping[str, str] | None = None, set_titles: Mapping[str, str] | None = None,
+                         title: str | None = None) -> go.Figure:
+    """The membership attack's score P(member) per example, one panel per example set and one box
+    (with every example as a point) per model; Retrain's median is a dashed reference line."""
+    names = list(scores)
+    sets = list(next(iter(scores.values())).keys()) if names else []
+    fig = make_subplots(rows=1, cols=max(1, len(sets)), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[(set_titles or {}).get(s, s) for s in sets])
+    for j, s in enumerate(sets):
+        for i, n in enumerate(names):
+            v = np.asarray(scores[n][s], dtype=float)
+            colour = "#444444" if n == reference else PALETTE[i % len(PALETTE)]
+            fig.add_trace(go.Box(y=v, name=(titles or {}).get(n, n), marker_color=colour, boxpoints="all",
+                                 jitter=0.5, pointpos=0, marker=dict(size=3, opacity=0.5), legendgroup=n,
+                                 showlegend=j == 0, customdata=np.arange(len(v)),
+                                 hovertemplate=f"{(titles or {}).get(n, n)} · example %{{customdata}}: "
+                                               "%{y:.3f}<extra></extra>"), row=1, col=j + 1)
+        if reference in scores and len(scores[reference][s]):
+            fig.add_hline(y=float(np.nanmedian(np.asarray(scores[reference][s], dtype=float))), line_dash="dash",
+                          line_color="#444444", row=1, col=j + 1)
+    fig.update_yaxes(title_text="attack score P(member)", range=[-0.02, 1.02], row=1, col=1)
+    fig.update_xaxes(showticklabels=False)
+    return _layout(fig, title, 420)

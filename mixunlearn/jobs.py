@@ -630,7 +630,7 @@ def demo_config(device: str = "auto"):
 
 
 def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap", label: str = "",
-                   probe_size: int = 64) -> JobFn:
+                   probe_size: int = 64, analyses: bool = True) -> JobFn:
     """A job function that runs :func:`~mixunlearn.experiment.run_experiment` with live probe
     accuracies, builds the analysis pack, and commits everything to the run store.
 
@@ -657,7 +657,7 @@ def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap",
             job.raise_if_cancelled()
             probe = ProbeAccuracy(data, n=probe_size, seed=resolved.seed)
             result = run_experiment(resolved, callbacks=[probe, job.callback], cache=cache, keep_models=True,
-                                    data=data)
+                                    data=data, analyses=analyses)
             job.raise_if_cancelled()
             job.say("evaluating every model on the analysis subsets")
             order = ["original", "retrain"] + [m for m in result.methods if m != "retrain" and m in result.models]
@@ -702,6 +702,7 @@ def run_payload(result, pack, live_history: dict | None = None) -> tuple[dict, d
     info = get_info(cfg.dataset)
     results = result.to_json()
     tensors = pack.to_tensors()
+    tensors.update(getattr(result, "diagnostics", None) or {})  # the attack's per-example view (diagnostics.py)
     extras_summary: dict[str, dict[str, int]] = {}
     for name, rec in result.methods.items():
         snaps = rec.extras.get("snapshots") if isinstance(rec.extras, dict) else None

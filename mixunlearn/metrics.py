@@ -20,7 +20,8 @@ METRIC_SETS: dict[str, tuple[str, ...]] = {
     "data": ("train_r", "train_f", "test", "asr"),
     "A": ("ua", "ra", "ta", "mia_efficacy"),
 }
-ALL_METRICS = ("test_r", "test_f", "train_r", "train_f", "test", "asr", "mia_efficacy", "ua", "ra", "ta")
+ALL_METRICS = ("test_r", "test_f", "train_r", "train_f", "test", "asr", "mia_efficacy", "ua", "ra", "ta", "tow",
+               "tow_mia")
 METRIC_HELP = {
     "test_r": "test accuracy on the retained classes",
     "test_f": "test accuracy on the forgotten class(es)",
@@ -32,6 +33,8 @@ METRIC_HELP = {
     "ua": "unlearning accuracy: 100 - accuracy on D_f",
     "ra": "remaining accuracy: accuracy on D_r",
     "ta": "testing accuracy (without the forgotten class when class-wise)",
+    "tow": "tug of war: 100 × Π over Train_f, Train_r, TA of (1 − |m − m_Retrain|/100); 100 = Retrain's accuracies",
+    "tow_mia": "ToW with the forget-accuracy factor replaced by the attack's (ASR)",
 }
 
 
@@ -93,36 +96,61 @@ def split_test_halves(n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return perm[: n_test // 2], perm[n_test // 2:]
 
 
+def asr_features(probs: torch.Tensor) -> np.ndarray:
+    """The ASR attacker's features: softmax outputs sorted in descending order."""
+    return np.sort(_np(probs), axis=1)[:, ::-1]
+
+
+def asr_attacker(probs_retain: torch.Tensor, probs_test: torch.Tensor, seed: int, max_train: int = 5000,
+                 rng: np.random.Generator | None = None):
+    """The ASR attacker of one model (EVALUATION.md §2.1), fitted on members = D_r vs non-members
+    = T_A (``n = min(max_train, |D_r|, |T_A|)`` of each, drawn with ``rng``, default a fresh
+    ``default_rng(seed)``); None when either side is empty. ``predict_proba(asr_features(p))[:, 1]``
+    is its per-example membership score."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(seed) if rng is None else rng
+    t_a, _ = split_test_halves(len(probs_test), seed)
+    n = min(max_train, len(probs_retain), len(t_a))
+    if n == 0:
+        return None
+    r_idx = rng.choice(len(probs_retain), n, replace=False)
+    a_idx = rng.choice(t_a, n, replace=False)
+    x_train = np.concatenate([asr_features(probs_retain[torch.as_tensor(r_idx)]),
+                              asr_features(probs_test[torch.as_tensor(a_idx)])])
+    y_train = np.concatenate([np.ones(n), np.zeros(n)])
+    clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    clf.fit(x_train, y_train)
+    return clf
+
+
 def attack_success_rate(
     probs_retain: torch.Tensor,
     probs_forget: torch.Tensor,
     probs_test: torch.Tensor,
     seed: int,
     max_train: int = 5000,
+    keep: dict | None = None,
 ) -> float:
     """ASR (EVALUATION.md §2.1). Features: softmax outputs sorted in descending order.
 
     The attacker learns members = D_r vs non-members = T_A, and is scored on D_f (members)
-    vs T_B (non-members), balanced. A fresh attacker for every evaluated model.
+    vs T_B (non-members), balanced. A fresh attacker for every evaluated model. ``keep``: a dict
+    that receives the fitted attacker as ``keep["attacker"]`` (for the per-example view).
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     rng = np.random.default_rng(seed)
-    feat = lambda p: np.sort(_np(p), axis=1)[:, ::-1]  # noqa: E731
     t_a, t_b = split_test_halves(len(probs_test), seed)
     n = min(max_train, len(probs_retain), len(t_a))
     m = min(len(probs_forget), len(t_b))
     if n == 0 or m == 0:
         return float("nan")
-    r_idx = rng.choice(len(probs_retain), n, replace=False)
-    a_idx = rng.choice(t_a, n, replace=False)
-    x_train = np.concatenate([feat(probs_retain[torch.as_tensor(r_idx)]), feat(probs_test[torch.as_tensor(a_idx)])])
-    y_train = np.concatenate([np.ones(n), np.zeros(n)])
-    clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
-    clf.fit(x_train, y_train)
+    clf = asr_attacker(probs_retain, probs_test, seed, max_train, rng=rng)
+    if keep is not None:
+        keep["attacker"] = clf
     f_idx = rng.choice(len(probs_forget), m, replace=False)
     b_idx = rng.choice(t_b, m, replace=False)
-    x_eval = np.concatenate([feat(probs_forget[torch.as_tensor(f_idx)]), feat(probs_test[torch.as_tensor(b_idx)])])
+    x_eval = np.concatenate([asr_features(probs_forget[torch.as_tensor(f_idx)]),
+                             asr_features(probs_test[torch.as_tensor(b_idx)])])
     y_eval = np.concatenate([np.ones(m), np.zeros(m)])
     return 100.0 * float((clf.predict(x_eval) == y_eval).mean())
 
@@ -158,9 +186,12 @@ def evaluate(
     data: UnlearnData,
     seed: int | None = None,
     attacks: bool = True,
+    keep: dict | None = None,
 ) -> dict[str, float]:
     """Every metric of EVALUATION.md for one model on one task (labels are read here even for
-    label-agnostic methods: evaluation may use them)."""
+    label-agnostic methods: evaluation may use them). ``keep``: a dict that receives the logits
+    (``logits_train``, ``logits_test``) and the fitted ASR attacker (``attacker``), so the run's
+    diagnostics reuse them instead of computing them again."""
     if data.y_train is None or data.y_test is None:
         raise ValueError("evaluation needs the labelled task, not a label-agnostic view")
     seed = data.seed if seed is None else seed
@@ -169,6 +200,8 @@ def evaluate(
     y_train, y_test = data.y_train, data.y_test
     f_idx, r_idx = data.forget_idx, data.retain_idx
     test_f_mask = data.test_forget_mask()
+    if keep is not None:
+        keep.update(logits_train=logits_train, logits_test=logits_test)
     out = {
         "test_r": accuracy(logits_test[~test_f_mask], y_test[~test_f_mask]),
         "test_f": accuracy(logits_test[test_f_mask], y_test[test_f_mask]),
@@ -181,7 +214,7 @@ def evaluate(
     out["ta"] = out["test_r"] if data.spec.kind == "class" else out["test"]
     if attacks:
         p_train, p_test = logits_train.softmax(1), logits_test.softmax(1)
-        out["asr"] = attack_success_rate(p_train[r_idx], p_train[f_idx], p_test, seed)
+        out["asr"] = attack_success_rate(p_train[r_idx], p_train[f_idx], p_test, seed, keep=keep)
         conf_train = p_train.gather(1, y_train[:, None]).squeeze(1)
         conf_test = p_test.gather(1, y_test[:, None]).squeeze(1)
         nonmember = ~test_f_mask if data.spec.kind == "class" else torch.ones_like(test_f_mask)

@@ -200,7 +200,7 @@ def test_default_demo_end_to_end_then_every_page_renders_its_content(shared_mode
     for col in ("Test_r", "Test_f", "ASR"):
         assert ((ours[col] >= 0) & (ours[col] <= 100)).all(), col
     assert "reported in the paper" not in set(df["source"])  # digits is not a paper setting
-    assert len(_charts(at)) == 2
+    assert len(_charts(at)) == 6  # metrics, gap; class-wise accuracy, prediction matrix, CKA, attack scores
 
     _open(at, "pages/4_Embeddings.py")
     charts = _charts(at)
