@@ -162,20 +162,27 @@ def comparison(base: Path, forget: str, out: Path) -> str:
 
 
 def status(args, out: Path) -> None:
-    total_left = 0
+    """Per study: trials done, seconds a trial (method and scoring, measured); the time left, with a
+    study that has no trial yet counted at the mean of the measured ones."""
+    rows, walls = [], []
     for forget in args.settings:
         for method in methods_for(forget, args.methods):
             best = study_dir(out, forget, method) / "best.json"
-            if best.is_file():
-                b = json.loads(best.read_text())
-                n = b["trials"] + b["failed"]
-                cost = b.get("trial_seconds_mean")
-            else:
-                n, cost = 0, None
-            total_left += max(0, args.trials - n)
-            print(f"{forget:<14} {method:<22} {n:>3}/{args.trials} trials"
-                  + (f", {cost:.0f} s a trial" if cost else ""))
-    print(f"{total_left} trial(s) left")
+            b = json.loads(best.read_text()) if best.is_file() else {}
+            n = b.get("trials", 0) + b.get("failed", 0)
+            wall = b.get("trial_wall_seconds_mean")
+            if wall:
+                walls.append(wall)
+            rows.append((forget, method, n, wall))
+    fallback = sum(walls) / len(walls) if walls else None
+    left_s, left = 0.0, 0
+    for forget, method, n, wall in rows:
+        todo = max(0, args.trials - n)
+        left += todo
+        left_s += todo * (wall or fallback or 0.0)
+        print(f"{forget:<14} {method:<22} {n:>3}/{args.trials} trials" + (f", {wall:.0f} s a trial" if wall else ""))
+    print(f"{left} trial(s) left" + (f", about {left_s / 3600:.1f} h serially at the measured costs"
+                                     if fallback else ""))
 
 
 def main() -> int:
