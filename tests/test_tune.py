@@ -54,7 +54,7 @@ def narrow_finetune(monkeypatch):
 
 
 def test_every_method_space_samples_valid_configs():
-    families = ("digits", "cnn", "cnn:fast", "resnet")
+    families = ("digits", "cnn:fast")
     for spec in list_methods():
         if spec.name == "retrain":
             continue
@@ -79,19 +79,19 @@ def test_every_method_space_samples_valid_configs():
 def test_trial0_is_shipped_and_the_study_resumes_to_the_total(home, tmp_path, monkeypatch):
     narrow_finetune(monkeypatch)
     out = tmp_path / "study"
-    first = run_tuning(task(), 2, out, write=lambda s: None)
-    assert first.ran == 2 and first.best["trials"] == 2
-    again = run_tuning(task(), 3, out, write=lambda s: None)  # --trials is the total
+    first = run_tuning(task(), 1, out, write=lambda s: None)
+    assert first.ran == 1 and first.best["trials"] == 1
+    again = run_tuning(task(), 2, out, write=lambda s: None)  # --trials is the total
     assert again.ran == 1
     study = optuna.load_study(study_name=task().resolved().study_name, storage=f"sqlite:///{out / 'study.db'}")
     trials = study.get_trials()
-    assert len(trials) == 3
+    assert len(trials) == 2
     shipped = shipped_params(search_space(CHEAP, "digits"))
     assert trials[0].params == shipped and trials[0].user_attrs["shipped"]
-    assert not any(t.user_attrs.get("shipped") for t in trials[1:])
-    assert run_tuning(task(), 3, out, write=lambda s: None).ran == 0
+    assert not trials[1].user_attrs.get("shipped") and trials[1].params != shipped
+    assert run_tuning(task(), 2, out, write=lambda s: None).ran == 0
     best = json.loads((out / "best.json").read_text())
-    assert best["trials"] == 3 and best["failed"] == 0 and best["gap"] <= trials[0].value
+    assert best["trials"] == 2 and best["failed"] == 0 and best["gap"] <= trials[0].value
     assert best["shipped_gap"] == trials[0].value and best["eval_split"] == "val"
     assert best["trial_time_ratio_mean"] > 0 and all("time_ratio" in t.user_attrs for t in trials)
     assert trials[0].system_attrs  # the time constraint is stored with each trial
@@ -194,16 +194,16 @@ def test_tune_on_a_local_ray_cluster(home, tmp_path, capsys):
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         out = tmp_path / "ray"
-        rc = main(["tune", "--dataset", "digits", "--forget", "class:0", "--method", "neggrad", "--trials", "3",
+        rc = main(["tune", "--dataset", "digits", "--forget", "class:0", "--method", "neggrad", "--trials", "2",
                    "--seeds", "0", "--recipe", "laf_cnn_fast", "--out", str(out), "--ray", "auto", "--threads", "1",
                    "--max-time-ratio", str(TIME_CAP), "--quiet"])
     finally:
         ray.shutdown()
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "[estimate]" in err and err.count("[tune] trial") == 3
+    assert "[estimate]" in err and err.count("[tune] trial") == 2
     best = json.loads((out / "best.json").read_text())
-    assert best["trials"] + best["failed"] == 3 and best["trials"] >= 1 and best["method"] == "neggrad"
+    assert best["trials"] + best["failed"] == 2 and best["trials"] >= 1 and best["method"] == "neggrad"
     study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{out / 'study.db'}")
     where = {t.user_attrs.get("where", {}).get("pid") for t in study.get_trials() if t.user_attrs.get("where")}
     assert where and str(os.getpid()) not in where  # the trials ran in Ray workers, not the driver
