@@ -63,7 +63,8 @@ def tune_phase(args, out: Path) -> None:
     for forget in args.settings:
         for method in methods_for(forget, args.methods):
             task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
-                            recipe=RECIPE, device=args.device, download=False, max_time_ratio=args.max_time_ratio)
+                            recipe=RECIPE, device=args.device, download=DATASET == "digits",
+                            max_time_ratio=args.max_time_ratio)
             where = study_dir(out, forget, method)
             start = time.time()
             say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
@@ -186,10 +187,13 @@ def status(args, out: Path) -> None:
 
 
 def main() -> int:
+    global DATASET, RECIPE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/tune_all")
     p.add_argument("--phase", choices=("tune", "tables", "all"), default="all")
     p.add_argument("--settings", default=";".join(SETTINGS), help="forget specs separated by ';'")
+    p.add_argument("--dataset", default=DATASET, help="(a smoke test on digits: --dataset digits)")
+    p.add_argument("--recipe", default=RECIPE)
     p.add_argument("--methods", default=None, help="only these methods (comma-separated; default: every one)")
     p.add_argument("--trials", type=int, default=20, help="trials per study (the total; >= 20 for the comparison)")
     p.add_argument("--tune-seeds", default="0,1", help="validation seeds every study averages over")
@@ -204,6 +208,7 @@ def main() -> int:
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
     args.tune_seeds = [int(s) for s in args.tune_seeds.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    DATASET, RECIPE = args.dataset, args.recipe
     out = Path(args.out)
     if args.status:
         status(args, out)

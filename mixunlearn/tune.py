@@ -16,9 +16,10 @@
 - **Time.** A trial slower than ``max_time_ratio`` (0.3) × a Retrain of the same process is
   infeasible: its ``time_ratio`` user attribute minus the cap is the trial's Optuna constraint
   (``Trial.set_constraint``, which Optuna 5 uses in place of the sampler's deprecated
-  ``constraints_func``; TPE ranks infeasible trials below every feasible one). The
-  Retrain time is the estimate's (mixunlearn.estimate): a timed probe of the recipe's optimiser
-  step × its steps on D_r, measured in the process that runs the trial.
+  ``constraints_func``; TPE ranks infeasible trials below every feasible one). Retrain's time is
+  measured in the process that runs the trials: Retrain's own training when it ran there, else a
+  timed slice of it (whole epochs of the real training loop on D_r, scaled to the recipe's epochs;
+  :func:`retrain_seconds_here`).
 - **Failures.** A trial that raises (NaN loss, a bad combination, anything) is stored as failed
   with its message; the study goes on.
 - **Resume.** The study lives in ``OUT/study.db`` (SQLite) or ``storage``; running the same
@@ -292,19 +293,42 @@ def prepare_seed(task: TuneTask, seed: int, callbacks=None, cache=None) -> SeedS
     original = get_trained("original", data, cfg.model, recipe, callbacks, cache)
     oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
     metrics = evaluate(oracle.model, data, seed)
-    return SeedSetup(seed, data, original.model, metrics, retrain_probe_seconds(task, len(data.retain_idx)))
+    # Retrain's time in this process: its own training when it ran here, else a timed slice of it.
+    seconds = oracle.seconds if not oracle.cached else retrain_seconds_here(task, data, seed)
+    return SeedSetup(seed, data, original.model, metrics, seconds)
 
 
-def retrain_probe_seconds(task: TuneTask, n_retain: int) -> float:
-    """Seconds a Retrain of ``task``'s recipe takes in this process: the estimate's timed probe of one
-    optimiser step (reused for 10 minutes) × the recipe's steps on ``n_retain`` images."""
-    from .estimate import _bucket, _probe
-    from .training import get_recipe
-    from .utils import resolve_device
+_RETRAIN_SECONDS: dict[tuple, float] = {}
 
+
+def retrain_seconds_here(task: TuneTask, data, seed: int, min_seconds: float = 3.0) -> float:
+    """Seconds a Retrain of ``task``'s recipe takes in this process, measured with the real training
+    loop: whole epochs of Retrain's training on D_r (from a fresh seeded model, nothing kept) until
+    ``min_seconds`` are spent or every epoch ran, scaled to the recipe's epochs. Once per process
+    and seed (``prepare_seed`` uses Retrain's own time instead when it trained it here)."""
+    import dataclasses as dc
+
+    from .models import build_model
+    from .training import get_recipe, train_supervised
+    from .utils import synchronize
+
+    key = (task.dataset, task.forget, task.model, task.recipe, seed, str(data.x_train.device))
+    if key in _RETRAIN_SECONDS:
+        return _RETRAIN_SECONDS[key]
     recipe = get_recipe(task.recipe)
-    step = _probe("train", task.model, task.dataset, recipe.name, str(resolve_device(task.device)), 3, _bucket(600))
-    return step * recipe.steps(n_retain)
+    one = dc.replace(recipe, epochs=1)
+    model = build_model(task.model, data.info, seed=seed).to(data.x_train.device)
+    spent, epochs = 0.0, 0
+    while epochs < recipe.epochs and (epochs == 0 or spent < min_seconds):
+        synchronize(data.x_train.device)
+        start = time.perf_counter()
+        train_supervised(model, data.x_train, data.y_train, data.retain_idx, one, seed + epochs,
+                         source="retrain-timing")
+        synchronize(data.x_train.device)
+        spent += time.perf_counter() - start
+        epochs += 1
+    _RETRAIN_SECONDS[key] = spent / epochs * recipe.epochs
+    return _RETRAIN_SECONDS[key]
 
 
 def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,9 +379,12 @@ def open_study(task: TuneTask, storage: str, seed: int = 0):
 
     # TPE reads each trial's constraint values (set in tell(); Optuna 5's replacement of the
     # sampler's deprecated constraints_func): a trial over the time cap ranks below every feasible one.
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
     study = optuna.create_study(study_name=task.study_name, storage=storage, direction="minimize",
-                                sampler=sampler, load_if_exists=True)
+                                load_if_exists=True)
+    # Seeded by the trials already stored: a resumed study draws new points (the same seed on every
+    # resume would repeat the first process's random draws), and a rerun from scratch is the same.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=8)
     study.set_user_attr("task", task.to_dict())
     states = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
@@ -478,13 +505,23 @@ def estimate_trial(task: TuneTask) -> tuple[float, float, str]:
         cfg = task.experiment(seed)
         est = estimate_experiment(cfg, reuse_seconds=600)
         phases = est.by_name()
-        n_retain = _n_retain(cfg)
-        retrain += retrain_probe_seconds(task, n_retain)
+        retrain += _probed_retrain(task, _n_retain(cfg))
         m = phases[task.method]
         secs += m.seconds + phases["scoring"].seconds / 3  # scoring covers original, Retrain, method
         source = m.source
     per_retrain = retrain / len(task.seeds)
     return secs, secs / per_retrain if per_retrain else float("nan"), source
+
+
+def _probed_retrain(task: TuneTask, n_retain: int) -> float:
+    """The estimate's Retrain: a timed probe of one optimiser step × the recipe's steps on D_r."""
+    from .estimate import _bucket, _probe
+    from .training import get_recipe
+    from .utils import resolve_device
+
+    recipe = get_recipe(task.recipe)
+    step = _probe("train", task.model, task.dataset, recipe.name, str(resolve_device(task.device)), 3, _bucket(600))
+    return step * recipe.steps(n_retain)
 
 
 def _n_retain(cfg) -> int:
@@ -629,3 +666,17 @@ def study_figures(study) -> dict[str, Any]:
     except (ValueError, RuntimeError):  # e.g. every complete trial has the same value
         figs["importances"] = None
     return figs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mixunlearn.tune [FAMILY ...]``: every method's search space as markdown tables
+    (default families: cnn:fast and digits) -- the tables in docs/baselines.md."""
+    import sys
+
+    for family in (list(argv) if argv is not None else sys.argv[1:]) or ["cnn:fast", "digits"]:
+        print(f"**Search spaces, model family `{family}`**\n\n{space_table(family)}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -5,7 +5,7 @@ model and Retrain once (trained or from its model cache), puts the original's we
 object store as safetensors bytes (no pickled model), and keeps one trial per free slot running;
 each finished trial is told to the study at once, so an interrupted study resumes from the
 storage like a serial one. A trial's time ratio is measured on its worker (the method's seconds
-over a Retrain probed in that worker process, mixunlearn.tune.retrain_probe_seconds).
+over a timed slice of Retrain's training in that worker process, mixunlearn.tune.retrain_seconds_here).
 
 Imports ``ray``; the CLI imports this module only when ``--ray`` is given.
 """
@@ -29,7 +29,7 @@ from .tune import (
     evaluate_params,
     open_study,
     prepare_seed,
-    retrain_probe_seconds,
+    retrain_seconds_here,
     suggest,
     tell,
     write_best,
@@ -65,7 +65,7 @@ def trial_cell(task_dict: dict, params: dict, heads: list[dict], originals: list
                 _ORIGINALS.clear()
             _ORIGINALS[key] = model.to(device).eval()
         setups.append(SeedSetup(head["seed"], data, _ORIGINALS[key], head["retrain_metrics"],
-                                retrain_probe_seconds(task, len(data.retain_idx))))
+                                retrain_seconds_here(task, data, head["seed"])))
     result = evaluate_params(task, setups, params)
     result["where"] = _where()
     return result

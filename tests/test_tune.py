@@ -90,8 +90,12 @@ def test_trial0_is_shipped_and_the_study_resumes_to_the_total(home, tmp_path, mo
     assert trials[0].params == shipped and trials[0].user_attrs["shipped"]
     assert not trials[1].user_attrs.get("shipped") and trials[1].params != shipped
     assert run_tuning(task(), 2, out, write=lambda s: None).ran == 0
+    # A resumed process draws new points (not the first process's random draws again).
+    assert run_tuning(task(), 3, out, write=lambda s: None).ran == 1
+    trials = study.get_trials()
+    assert trials[2].params != trials[1].params
     best = json.loads((out / "best.json").read_text())
-    assert best["trials"] == 2 and best["failed"] == 0 and best["gap"] <= trials[0].value
+    assert best["trials"] == 3 and best["failed"] == 0 and best["gap"] <= trials[0].value
     assert best["shipped_gap"] == trials[0].value and best["eval_split"] == "val"
     assert best["trial_time_ratio_mean"] > 0 and all("time_ratio" in t.user_attrs for t in trials)
     assert trials[0].system_attrs  # the time constraint is stored with each trial
