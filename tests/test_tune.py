@@ -1,14 +1,13 @@
 """``tune`` (mixunlearn.tune): search spaces, trial 0 = shipped, resume, failed trials, the validation
-split only, ``--params-from`` for run/bench, and ``tune --ray`` on a real local cluster. Digits, the
-fast recipe and finetune with one epoch keep every trial to a few seconds."""
+split only, and ``--params-from`` for run/bench (``tune --ray`` on a real local cluster is in
+tests/test_ray.py, on its cluster). Digits, a fast recipe and finetune with one epoch keep every
+trial to a few seconds."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import logging
-import os
 
 import optuna
 import pytest
@@ -189,25 +188,3 @@ def test_params_from_applies_and_refuses(home, tmp_path, capsys):
                "--out", str(tmp_path / "b")])
     assert rc == 2 and "not in the run" in capsys.readouterr().err
     assert not (tmp_path / "no").exists() and not (tmp_path / "b").exists()
-
-
-@pytest.mark.slow
-def test_tune_on_a_local_ray_cluster(home, tmp_path, capsys):
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        out = tmp_path / "ray"
-        rc = main(["tune", "--dataset", "digits", "--forget", "class:0", "--method", "neggrad", "--trials", "2",
-                   "--seeds", "0", "--recipe", "laf_cnn_fast", "--out", str(out), "--ray", "auto", "--threads", "1",
-                   "--max-time-ratio", str(TIME_CAP), "--quiet"])
-    finally:
-        ray.shutdown()
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    assert "[estimate]" in err and err.count("[tune] trial") == 2
-    best = json.loads((out / "best.json").read_text())
-    assert best["trials"] + best["failed"] == 2 and best["trials"] >= 1 and best["method"] == "neggrad"
-    study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{out / 'study.db'}")
-    where = {t.user_attrs.get("where", {}).get("pid") for t in study.get_trials() if t.user_attrs.get("where")}
-    assert where and str(os.getpid()) not in where  # the trials ran in Ray workers, not the driver
