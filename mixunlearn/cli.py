@@ -513,7 +513,8 @@ def cmd_tune(args) -> int:
     check_home()
     _check_data([task.experiment(s) for s in task.seeds])
     storage = args.storage or default_storage(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.storage:
+        out.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
     try:
         import optuna
 
