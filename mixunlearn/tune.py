@@ -273,7 +273,8 @@ class SeedSetup:
     data: Any  # UnlearnData on the device
     original: torch.nn.Module
     retrain_metrics: dict[str, float]
-    retrain_seconds: float  # Retrain's training time: the estimate's probe in this process
+    retrain_seconds: float  # Retrain's training time in this process (its own, or a timed slice)
+    timed: bool = False  # True: a timed slice, re-timed when stale (the load of a shared machine drifts)
 
 
 def prepare_seed(task: TuneTask, seed: int, callbacks=None, cache=None) -> SeedSetup:
@@ -294,18 +295,21 @@ def prepare_seed(task: TuneTask, seed: int, callbacks=None, cache=None) -> SeedS
     oracle = get_trained("retrain", data, cfg.model, recipe, callbacks, cache)
     metrics = evaluate(oracle.model, data, seed)
     # Retrain's time in this process: its own training when it ran here, else a timed slice of it.
-    seconds = oracle.seconds if not oracle.cached else retrain_seconds_here(task, data, seed)
-    return SeedSetup(seed, data, original.model, metrics, seconds)
+    if not oracle.cached:
+        return SeedSetup(seed, data, original.model, metrics, oracle.seconds)
+    return SeedSetup(seed, data, original.model, metrics, retrain_seconds_here(task, data, seed), timed=True)
 
 
-_RETRAIN_SECONDS: dict[tuple, float] = {}
+_RETRAIN_SECONDS: dict[tuple, tuple[float, float]] = {}
+RETIME_SECONDS = 900.0  # a timed slice older than this is timed again (before the next trial)
 
 
 def retrain_seconds_here(task: TuneTask, data, seed: int, min_seconds: float = 3.0) -> float:
     """Seconds a Retrain of ``task``'s recipe takes in this process, measured with the real training
     loop: whole epochs of Retrain's training on D_r (from a fresh seeded model, nothing kept) until
-    ``min_seconds`` are spent or every epoch ran, scaled to the recipe's epochs. Once per process
-    and seed (``prepare_seed`` uses Retrain's own time instead when it trained it here)."""
+    ``min_seconds`` are spent or every epoch ran, scaled to the recipe's epochs. Kept per process and
+    seed for ``RETIME_SECONDS``, then timed again, so a long study follows the machine's load
+    (``prepare_seed`` uses Retrain's own time instead when it trained it here)."""
     import dataclasses as dc
 
     from .models import build_model
@@ -313,8 +317,8 @@ def retrain_seconds_here(task: TuneTask, data, seed: int, min_seconds: float = 3
     from .utils import synchronize
 
     key = (task.dataset, task.forget, task.model, task.recipe, seed, str(data.x_train.device))
-    if key in _RETRAIN_SECONDS:
-        return _RETRAIN_SECONDS[key]
+    if key in _RETRAIN_SECONDS and time.time() - _RETRAIN_SECONDS[key][1] < RETIME_SECONDS:
+        return _RETRAIN_SECONDS[key][0]
     recipe = get_recipe(task.recipe)
     one = dc.replace(recipe, epochs=1)
     model = build_model(task.model, data.info, seed=seed).to(data.x_train.device)
@@ -327,8 +331,8 @@ def retrain_seconds_here(task: TuneTask, data, seed: int, min_seconds: float = 3
         synchronize(data.x_train.device)
         spent += time.perf_counter() - start
         epochs += 1
-    _RETRAIN_SECONDS[key] = spent / epochs * recipe.epochs
-    return _RETRAIN_SECONDS[key]
+    _RETRAIN_SECONDS[key] = (spent / epochs * recipe.epochs, time.time())
+    return _RETRAIN_SECONDS[key][0]
 
 
 def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,6 +350,8 @@ def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping
         cfg = make_config(task.method, task.family, dict(params))
         for s in setups:
             assert s.data.eval_split == "val", "tuning scores the validation split only"
+            if s.timed:
+                s.retrain_seconds = retrain_seconds_here(task, s.data, s.seed)
             seed_everything(s.seed)
             res = run_method(task.method, s.original, s.data, cfg, device=resolve_device(task.device))
             metrics = evaluate(res.model, s.data, s.seed)

@@ -65,7 +65,7 @@ def trial_cell(task_dict: dict, params: dict, heads: list[dict], originals: list
                 _ORIGINALS.clear()
             _ORIGINALS[key] = model.to(device).eval()
         setups.append(SeedSetup(head["seed"], data, _ORIGINALS[key], head["retrain_metrics"],
-                                retrain_seconds_here(task, data, head["seed"])))
+                                retrain_seconds_here(task, data, head["seed"]), timed=True))
     result = evaluate_params(task, setups, params)
     result["where"] = _where()
     return result
