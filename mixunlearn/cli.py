@@ -1,4 +1,4 @@
-"""Command line: ``python -m mixunlearn {list, run, bench, evaluate}``.
+"""Command line: ``python -m mixunlearn {list, run, bench, evaluate, tune}``.
 
 Bad arguments give one line on stderr and exit code 2, never a traceback.
 """
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the original model")
         sp.add_argument("--retrained", default=None, metavar="FILE.safetensors",
                         help="Retrain's weights from this file instead of training Retrain by the recipe")
+        sp.add_argument("--params-from", action="append", default=[], metavar="FILE",
+                        help="a tuning result (tune's best.json) whose params apply to its method; repeatable, "
+                             "one file per method (a --param of the same field wins)")
 
     run = sub.add_parser("run", help="one seed: all methods run and scored against Retrain -> OUT/results.json")
     common(run)
@@ -181,6 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("out", help="the run's output folder (written by 'run --out OUT')")
     rep.add_argument("--run", default=None, metavar="RUN_ID",
                      help="take the run from the run store instead of OUT/results.json (OUT receives report.html)")
+    tu = sub.add_parser("tune", help="tune one method's hyper-parameters with Optuna on the validation split "
+                                     "-> OUT/best.json (docs/baselines.md)")
+    tu.add_argument("--dataset", default="digits", help="dataset name (default: digits, offline)")
+    tu.add_argument("--forget", default="class:3", help="class:K | data:CLASSES:FRACTION | noisy:CLASSES:FRACTION")
+    tu.add_argument("--method", required=True, help="the method to tune (any registered one but retrain)")
+    tu.add_argument("--trials", type=_bounded_int("--trials", 1, 100_000), default=20,
+                    help="total trials of the study (a rerun continues it up to this many); trial 0 = shipped")
+    tu.add_argument("--seeds", type=_seeds_arg, default=(0,), help="tuning seeds; the gap is averaged over them")
+    tu.add_argument("--out", required=True, help="study folder: OUT/study.db (unless --storage) and OUT/best.json")
+    tu.add_argument("--recipe", default=None, help="training recipe of the original and Retrain")
+    tu.add_argument("--model", default=None, help="model name (default: the dataset's)")
+    tu.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    tu.add_argument("--data-root", default=None, help="folder with the dataset files")
+    tu.add_argument("--no-download", action="store_true", help="never try to download data")
+    tu.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--max-time-ratio", type=float, default=0.3,
+                    help="a trial slower than this x a Retrain of the same process is infeasible (default 0.3)")
+    tu.add_argument("--threads", type=_bounded_int("--threads", 1, 1024), default=None,
+                    help="torch threads (on Ray: of every trial, and its CPU request; default 1 there)")
+    tu.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|local|ADDRESS",
+                    help="run trials as Ray tasks on the cluster bench --ray uses (docs/ray.md)")
+    tu.add_argument("--publish", action="store_true",
+                    help="copy best.json and the study to $MIXUNLEARN_HOME/tuned/ for the app")
+    tu.add_argument("--estimate-only", action="store_true", help="print the per-trial estimate and stop")
+    tu.add_argument("--quiet", action="store_true", help="no progress lines of the original/Retrain training")
 
     ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
                                          "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
@@ -304,10 +332,24 @@ def _shorten_inputs(message: str, texts: Sequence[str | None]) -> str:
     return message
 
 
+def _params_with_files(args) -> dict[str, dict]:
+    """``--param`` values on top of the ``--params-from`` files' (each file checked first)."""
+    params = param_overrides(args.param)
+    files = getattr(args, "params_from", None) or []
+    if not files:
+        return params
+    from .tune import params_from_files
+
+    tuned = params_from_files(files, list(args.methods))
+    for method, fields in params.items():
+        tuned.setdefault(method, {}).update(fields)
+    return tuned
+
+
 def _experiment_config(args, seed: int):
     from .experiment import ExperimentConfig
 
-    params = param_overrides(args.param)
+    params = _params_with_files(args)
     inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
               *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
     try:
@@ -542,6 +584,107 @@ def _bench_on_ray(args, settings, outs, out: Path) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """Tune one method (mixunlearn.tune): every input checked before any training; an estimate
+    per trial; the study in OUT (resumable); OUT/best.json written after every trial."""
+    from .tune import TuneTask, default_storage, estimate_trial, publish
+    from .utils import check_home, check_writable_dir
+
+    inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, args.method]
+    try:
+        task = TuneTask(dataset=args.dataset, forget=args.forget, method=args.method.strip(), seeds=tuple(args.seeds),
+                        recipe=args.recipe, model=args.model, device=args.device, data_root=args.data_root,
+                        download=not args.no_download, max_time_ratio=args.max_time_ratio).resolved()
+    except ValueError as exc:
+        raise ValueError(_shorten_inputs(str(exc), inputs)) from None
+    out = Path(args.out)
+    check_writable_dir(out, "--out", files=("best.json", "study.db"))
+    check_home()
+    _check_data([task.experiment(s) for s in task.seeds])
+    storage = args.storage or default_storage(out)
+    if not args.storage:
+        out.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=task.study_name, storage=storage, direction="minimize",
+                                    load_if_exists=True)
+    except ImportError as exc:
+        raise ValueError(f"tune needs the optuna package ({exc}); pip install 'optuna>=5'") from None
+    except Exception as exc:  # a storage URL that does not open: one line, exit 2
+        raise ValueError(f"--storage {_shorten(storage)}: {' '.join(str(exc).split())[:200]}") from None
+    done = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False))
+    left = max(0, args.trials - done)
+    secs, ratio, source = estimate_trial(task)
+    from .estimate import format_seconds
+
+    print(f"[estimate] {task.method} on {task.dataset} {task.forget} ({task.recipe}, seeds "
+          f"{','.join(map(str, task.seeds))}): about {format_seconds(secs)} per trial ({ratio:.2f}x a Retrain of "
+          f"this process; {source}); {done} trial(s) done, {left} to run: about {format_seconds(secs * left)}",
+          file=sys.stderr, flush=True)
+    if args.estimate_only:
+        return 0
+    progress = TqdmProgress(enabled=not args.quiet)
+    write = lambda text: print(f"[tune] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.ray is not None:
+            try:
+                from . import ray_grid, tune_ray
+            except ImportError as exc:
+                raise ValueError(f"--ray needs the ray package ({exc}); pip install 'ray>=2.60'") from None
+            connected = ray_grid.connect(args.ray)
+            try:
+                result = tune_ray.run_tuning_ray(task, args.trials, out, storage=args.storage,
+                                                 threads=args.threads or 1, write=write, callbacks=[progress])
+            finally:
+                if connected:
+                    import ray
+
+                    ray.shutdown()
+        else:
+            import torch
+
+            from .tune import run_tuning
+
+            before = torch.get_num_threads()
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            try:
+                result = run_tuning(task, args.trials, out, storage=args.storage, write=write, callbacks=[progress])
+            finally:
+                torch.set_num_threads(before)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"mixunlearn: cancelled; every finished trial is in the study under {out} "
+                         "(run the same command again to resume)\n")
+        return 130
+    finally:
+        progress.close()
+    print(format_tuning(result.best))
+    print(f"wrote {result.path}")
+    if args.publish:
+        print(f"published {publish(out)}")
+    return 0
+
+
+def format_tuning(best: dict) -> str:
+    """The summary lines of a tuning result."""
+    gap = best.get("gap")
+    shipped = best.get("shipped_gap")
+    ratio = best.get("trial_time_ratio_mean")
+    lines = [f"{best['method']} on {best['dataset']} {best['forget']} ({best['recipe']}): "
+             f"{best['trials']} complete trial(s), {best['failed']} failed, {best.get('infeasible', 0)} too slow",
+             f"validation gap: best {gap:.3f} (trial {best['best_trial']})" if gap is not None else "no complete trial",
+             ]
+    if shipped is not None:
+        lines.append(f"shipped defaults (trial 0): {shipped:.3f}")
+    if ratio is not None:
+        lines.append(f"measured cost: {best['trial_seconds_mean']:.1f} s per trial, {ratio:.3f}x a Retrain of the "
+                     f"same process (best trial {best['best_time_ratio']:.3f}x)")
+    lines.append("params: " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args) -> int:
     """Strong evaluation: every input checked (names, ranges, --out, home, data and split) before
     the first model is trained; OUT/evaluation.json written atomically; a table printed."""
@@ -638,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "tune":
+            return cmd_tune(args)
     except NonFiniteLossError as exc:
         _error_line(exc)
         return 1

@@ -1,5 +1,6 @@
-"""Unlearn: choose methods and their hyper-parameters (generated from the config dataclasses),
-run in the background, watch progress, losses and probe accuracies live, cancel."""
+"""Unlearn: choose methods and their hyper-parameters (generated from the config dataclasses;
+shipped or, where a tuning result is published, tuned), run in the background, watch progress,
+losses and probe accuracies live, cancel."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ take_over_navigation()  # first: app.py's navigation runs before any page (ui/sh
 import streamlit as st
 
 from mixunlearn import jobs
+from mixunlearn.data import parse_forget_spec
 from mixunlearn.datasets import get_info
 from mixunlearn.experiment import ExperimentConfig
 from mixunlearn.methods import list_methods
 from mixunlearn.models import MODELS
 from mixunlearn.training import budget_profile, default_recipe
-from ui import actions, state, widgets
+from ui import actions, state, tuned, widgets
 from ui.progress import show_job
 
 st.title("Unlearn")
@@ -29,6 +31,7 @@ with widgets.guarded("the method choice"):
     spec_text = state.forget_spec_text(s)
     kind = s["kind"]
     recipe_name = s.get("recipe") or default_recipe(s["dataset"]).name
+    level = parse_forget_spec(spec_text).level
     st.markdown(f"Task: **{info.title}**, model **{model}**, recipe **{recipe_name}**, "
                 f"forget **`{spec_text}`**, seed **{s['seed']}**, device **{s['device']}**.")
     widgets.link("setup", "Change the task on the Setup page")
@@ -56,7 +59,9 @@ with widgets.guarded("the method choice"):
         spec = next(m for m in specs if m.name == name)
         with st.expander(f"{spec.display} — hyper-parameters", expanded=False):
             st.caption(f"{spec.summary}. Defaults for the '{family}' model family are prefilled.")
-            values = widgets.config_widgets(name, family, "hp")
+            tuned_params = tuned.settings_choice(name, s["dataset"], recipe_name, level, key=f"tuned:{name}")
+            values = widgets.config_widgets(name, family, "hp:tuned" if tuned_params else "hp",
+                                            prefill=tuned_params)
             changed = widgets.changed_values(name, family, values)
             if changed:
                 params[name] = changed
@@ -73,6 +78,10 @@ with widgets.guarded("the method choice"):
     actions.estimate_caption(est, "run")
     if not chosen:
         st.info("Pick at least one method to run.")
+
+with st.expander("Tuning studies (history and parameter importances)"):
+    with widgets.guarded("the tuning studies"):
+        tuned.study_section(s["dataset"], recipe_name, level)
 
 st.subheader("Progress")
 with widgets.guarded("the progress"):

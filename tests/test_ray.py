@@ -2,8 +2,8 @@
 and a two-node ``ray.cluster_utils.Cluster``. Each runs a small digits grid whose seedN.json metrics
 must equal the serial bench's (same seeds, ``--threads 1``); a method that fails with NaN is recorded
 as failed on both paths; a worker killed mid-grid is retried; Ctrl-C cancels what is outstanding and
-keeps the finished cells, from which the same command resumes. Kept short: the fast recipe and
-cheap methods (about 1.5 min on 2 cores)."""
+keeps the finished cells, from which the same command resumes; ``tune --ray`` runs its trials there.
+Kept short: the fast recipe and cheap methods (about 1.5 min on 2 cores)."""
 
 from __future__ import annotations
 
@@ -187,6 +187,25 @@ class TestLocalRay:
                                                                                          seed))
         for (k, a), b in zip(from_ray[0].state_dict().items(), here[0].state_dict().values()):
             assert torch.equal(a, b), k
+
+
+    def test_tune_runs_its_trials_as_ray_tasks(self, local_ray, tmp_path, capsys):
+        """`tune --ray`: the driver owns the study (ask/tell), the trials run in Ray workers and are
+        told as they finish; best.json counts them."""
+        import optuna
+
+        out = tmp_path / "tune"
+        rc = main(["tune", "--dataset", "digits", "--forget", "class:0", "--method", "neggrad", "--trials", "2",
+                   "--seeds", "0", "--recipe", "laf_cnn_fast", "--out", str(out), "--ray", "auto", "--threads", "1",
+                   "--max-time-ratio", "100", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert "[estimate]" in err and err.count("[tune] trial") == 2
+        best = json.loads((out / "best.json").read_text())
+        assert best["trials"] + best["failed"] == 2 and best["trials"] >= 1 and best["method"] == "neggrad"
+        study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{out / 'study.db'}")
+        where = {t.user_attrs["where"]["pid"] for t in study.get_trials() if t.user_attrs.get("where")}
+        assert where and str(os.getpid()) not in where  # the trials ran in Ray workers, not the driver
 
 
 # --------------------------------------------------------------------------- two nodes

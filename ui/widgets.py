@@ -127,11 +127,13 @@ def _number_format(value: float, log_scale: bool) -> str:
     return "%.4g"
 
 
-def config_widgets(method: str, family: str | None, key_prefix: str, container=None) -> dict[str, Any]:
+def config_widgets(method: str, family: str | None, key_prefix: str, container=None,
+                   prefill: dict[str, Any] | None = None) -> dict[str, Any]:
     """Widgets for every field of ``method``'s config, prefilled with its defaults for the model
-    ``family``, with the field's help text; returns the chosen values by field name."""
+    ``family`` (and ``prefill`` on top, e.g. tuned settings), with the field's help text; returns the
+    chosen values by field name."""
     spec = get_method(method)
-    defaults = config_to_dict(make_config(method, family))
+    defaults = config_to_dict(make_config(method, family, prefill))
     box = container or st
     values: dict[str, Any] = {}
     for f in field_specs(spec.config_cls):

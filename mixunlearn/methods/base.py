@@ -34,9 +34,13 @@ from ..utils import synchronize
 
 
 def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-          choices: Iterable[Any] | None = None, log: bool = False) -> Any:
-    """A config field with the metadata the CLI and the app read."""
-    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None, "log": log}
+          choices: Iterable[Any] | None = None, log: bool = False, tune: bool = True,
+          tune_range: tuple[Any, Any] | None = None) -> Any:
+    """A config field with the metadata the CLI and the app read. ``tune=False`` keeps the field
+    out of hyper-parameter tuning (mixunlearn.tune); ``tune_range=(lo, hi)`` narrows the range
+    tuning searches (within min..max; the field's ``log`` applies), else tune derives one."""
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None, "log": log,
+            "tune": tune, "tune_range": tuple(tune_range) if tune_range is not None else None}
     return field(default=default, metadata=meta)
 
 
@@ -145,12 +149,14 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
 
 
 def field_specs(cls: type) -> list[dict[str, Any]]:
-    """One dict per config field: name, type, default, help, min, max, choices, log."""
+    """One dict per config field: name, type, default, help, min, max, choices, log, tune,
+    tune_range."""
     out = []
     for f in dataclasses.fields(cls):
         t = _field_type(cls, f)
-        out.append({"name": f.name, "type": t, "default": f.default, **{k: f.metadata.get(k) for k in
-                                                                        ("help", "min", "max", "choices", "log")}})
+        out.append({"name": f.name, "type": t, "default": f.default,
+                    **{k: f.metadata.get(k) for k in ("help", "min", "max", "choices", "log", "tune_range")},
+                    "tune": f.metadata.get("tune", True)})
     return out
 
 

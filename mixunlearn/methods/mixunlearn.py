@@ -63,7 +63,7 @@ class MixUnlearnConfig(MethodConfig):
     chosen on the validation split (docs/mixunlearn.md); ResNet-18's are METHOD.md's, untuned."""
 
     label_mode: str = param("aware", "targets p(x): 'aware' = one-hot labels, 'agnostic' = sharpened "
-                            "f_D outputs (reads no label)", choices=("aware", "agnostic"))
+                            "f_D outputs (reads no label)", choices=("aware", "agnostic"), tune=False)
     epochs: int = param(30, "passes over D_f (the budget; fixed, no early stopping)", min=1, max=100)
     batch_size: int = param(32, "pairs per batch N (forget = retain batch size)", min=8, max=256)
     max_steps: int = param(0, "cap on the unlearner iterations (0 = none): the run stops after min(epochs × "
@@ -80,7 +80,7 @@ class MixUnlearnConfig(MethodConfig):
     gen_warmup: int = param(0, "generator updates against the original f_D before unlearning starts",
                             min=0, max=1000)
     gen_init: str = param("kaiming", "MixBlock weight init: 'normal' (N(0, 0.01²): flat attention, q/k on a "
-                          "saddle) or 'kaiming' (He normal)", choices=("normal", "kaiming"))
+                          "saddle) or 'kaiming' (He normal)", choices=("normal", "kaiming"), tune=False)
     share_constraint: str = param("project", "tie the mask's mean forget share to λ: 'project' (rescale so "
                                   "mean(M_i) = λ exactly, AutoMix's mask_adjust), 'l1' (penalty "
                                   "max(|mean(M_i) − λ| − margin, 0) in L_gen), 'none' (the first build: the "
@@ -90,7 +90,7 @@ class MixUnlearnConfig(MethodConfig):
     share_margin: float = param(0.1, "'l1' constraint: share error tolerated without penalty", min=0.0,
                                 max=0.5)
     value_bias: bool = param(False, "keep MixBlock's value bias b_v (it cancels in the 2-channel softmax; on "
-                             "only to reproduce the first build exactly)")
+                             "only to reproduce the first build exactly)", tune=False)
     # τ = 20, not METHOD.md's original 1.0: at τ_real = 1 data-level forgetting wipes out the forgotten
     # classes (Train_f -> 0, Retrain ~90-98) on both small CNNs (validation sweep, docs/mixunlearn.md).
     tau_gen: float = param(20.0, "temperature τ_gen of the generator loss (denominator only)", min=0.05,
@@ -101,22 +101,22 @@ class MixUnlearnConfig(MethodConfig):
                             "1 collapses data-level forgetting)", min=0.05, max=100.0, log=True)
     omega: float = param(1.0, "weight ω of L_real in L_mix + ω·L_real", min=0.1, max=5.0)
     alpha: float = param(0.75, "λ ~ Beta(α, α), drawn once per batch, separately for each step", min=0.2, max=2.0)
-    sharpen: bool = param(True, "agnostic mode: sharpen f_D's outputs (off = plain softmax; ablation)")
+    sharpen: bool = param(True, "agnostic mode: sharpen f_D's outputs (off = plain softmax; ablation)", tune=False)
     sharpen_t: float = param(0.3, "Sharpen temperature T (agnostic targets)", min=0.1, max=1.0)
     gen_interval: int = param(4, "generator steps at iterations t with t mod K == 0 (paper: K = 4)", min=1, max=10)
     reduction: str = param("mean", "batch reduction of S and L_real ('sum' = the authors' code)",
                            choices=("mean", "sum"))
     mixer: str = param("mixblock", "'mixblock' (adversarial masks) or 'vanilla' (λx_i + (1-λ)x_j, ablation "
-                       "'w/o MB': no generator)", choices=("mixblock", "vanilla"))
-    vanilla_alpha: float = param(0.75, "vanilla mixer: λ ~ Beta(α, α)", min=0.2, max=2.0)
-    use_l_mix: bool = param(True, "use L_mix (off: L_unlearn = ω·L_real, no generator; ablation)")
-    use_l_real: bool = param(True, "use L_real (off: L_unlearn = L_mix; ablation, expected to collapse)")
-    lam_concat: bool = param(True, "feed λ to MixBlock as an extra feature channel")
-    upsample: str = param("bilinear", "mask upsampling to the input size", choices=("bilinear", "nearest"))
+                       "'w/o MB': no generator)", choices=("mixblock", "vanilla"), tune=False)
+    vanilla_alpha: float = param(0.75, "vanilla mixer: λ ~ Beta(α, α)", min=0.2, max=2.0, tune=False)
+    use_l_mix: bool = param(True, "use L_mix (off: L_unlearn = ω·L_real, no generator; ablation)", tune=False)
+    use_l_real: bool = param(True, "use L_real (off: L_unlearn = L_mix; ablation, expected to collapse)", tune=False)
+    lam_concat: bool = param(True, "feed λ to MixBlock as an extra feature channel", tune=False)
+    upsample: str = param("bilinear", "mask upsampling to the input size", choices=("bilinear", "nearest"), tune=False)
     fixed_net: str = param("current", "network the generator attacks: current f_U (frozen, eval), an EMA "
                            "copy, or the initial f_D (reproduces the released code; study only)",
                            choices=("current", "ema", "initial"))
-    ema_momentum: float = param(0.999, "EMA momentum m when fixed_net = 'ema'", min=0.0, max=0.99999)
+    ema_momentum: float = param(0.999, "EMA momentum m when fixed_net = 'ema'", min=0.0, max=0.99999, tune=False)
     pair_different_classes: bool = param(False, "re-draw π so paired classes differ where possible "
                                          "(a deviation from the paper, for data-level forgetting; applies "
                                          "where the random π is used, see pairing)")
@@ -130,7 +130,7 @@ class MixUnlearnConfig(MethodConfig):
                               "only a seeded random subset of at most this many D_r images, and draw the "
                               "partners from it (0 = all of D_r). A cost cap: f_D's pass over D_r is the "
                               "agnostic mode's extra cost; aware mode reads labels and ignores it. Ours",
-                              min=0, max=10_000_000)
+                              min=0, max=10_000_000, tune=False)
     augment: bool = param(False, "use the original training's on-device augmentation on the batches")
     bn_stats: str = param("batch", "BatchNorm running statistics of f_U: 'batch' (updated by the unlearner "
                           "steps' batches -- mixes, retain and forget images -- the paper's), 'frozen' (BatchNorm "
@@ -139,11 +139,11 @@ class MixUnlearnConfig(MethodConfig):
                           "No effect on a network without BatchNorm. frozen/retain: ours",
                           choices=("batch", "frozen", "retain"))
     bn_images: int = param(2048, "bn_stats 'retain': retain images (a seeded subset of D_r) the statistics are "
-                           "re-estimated on", min=64, max=1_000_000)
-    amp: bool = param(True, "on CUDA, run the network forwards in bf16 autocast (MixBlock stays float32)")
+                           "re-estimated on", min=64, max=1_000_000, tune=False)
+    amp: bool = param(True, "on CUDA, run the network forwards in bf16 autocast (MixBlock stays float32)", tune=False)
     snapshot_every: int = param(2, "generator updates between generator snapshots (update 0 always)",
-                                min=1, max=10_000)
-    probe_pairs: int = param(8, "fixed forget/retain pairs shown in generator snapshots", min=1, max=64)
+                                min=1, max=10_000, tune=False)
+    probe_pairs: int = param(8, "fixed forget/retain pairs shown in generator snapshots", min=1, max=64, tune=False)
 
     def setup_images(self, n_retain: int) -> int:
         """Agnostic runner-up pairing: f_D classifies the partner pool (``partner_pool`` D_r images, all
@@ -191,7 +191,7 @@ class MixUnlearnAgnosticConfig(MixUnlearnConfig):
     """The label-agnostic entry: the same hyper-parameters, targets from the sharpened f_D."""
 
     label_mode: str = param("agnostic", "targets p(x) = Sharpen(softmax(f_D(x)), T); no label is read",
-                            choices=("agnostic",))
+                            choices=("agnostic",), tune=False)
 
 
 class Batch(NamedTuple):

@@ -24,7 +24,7 @@ class NegGradConfig(MethodConfig):
     stop_forget_acc: float = param(-1.0, "stop once accuracy on D_f is at or below this percentage "
                                    "(-1: never stop early)", min=-1.0, max=100.0)
     check_every: int = param(0, "with stop_forget_acc set: check D_f accuracy every this many steps "
-                             "(0: after each epoch)", min=0, max=100000)
+                             "(0: after each epoch)", min=0, max=100000, tune=False)
 
     FAMILY_DEFAULTS = {"resnet": {"batch_size": 256},
                        # Fast recipe (cnn_fast): one pass over D_f with the per-step early stop (at the card's

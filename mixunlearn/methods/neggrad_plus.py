@@ -29,7 +29,7 @@ class NegGradPlusConfig(MethodConfig):
     beta: float = param(0.9999, "β, weight of the retain CE; the forget CE is ascended with weight 1-β. "
                         "Sensitive: tune over 0.9..0.9999. CNN and ResNet-18 0.9999 [ref]; digits 0.99, chosen "
                         "on the digits validation split, where 0.9999 left the forgotten class untouched and "
-                        "0.95 collapsed the model", min=0.0, max=1.0)
+                        "0.95 collapsed the model", min=0.0, max=1.0, tune_range=(0.9, 0.99999))
     lr: float = param(0.01, "SGD learning rate (momentum 0.9) [ref]", min=1e-6, max=1.0, log=True)
     epochs: int = param(5, "passes over D_r [ref]", min=1, max=200)
     batch_size: int = param(64, "batch size of both the retain and the forget batches (CNN 64, ResNet-18 256)",

@@ -1,0 +1,224 @@
+"""The fair comparison: every registered method tuned the same way, then scored on the test split.
+
+Phase ``tune``: for each setting (Fashion-MNIST class:0 and data:5-9:0.4 by default, the fast recipe
+cnn_fast) and every registered method that supports it (MixUnlearn in both modes included; new
+methods join by registering), one Optuna study of ``--trials`` trials on the *validation* split,
+averaged over the same ``--tune-seeds`` (``python -m mixunlearn tune``, trial 0 = the shipped
+defaults, time cap 0.3 × Retrain). Studies live in OUT/tune/SETTING/METHOD/ (study.db, best.json).
+
+Phase ``tables``: the test-split tables over ``--seeds`` (3) from the same bench code as
+``python -m mixunlearn bench``: OUT/tables/SETTING/shipped (the defaults) and .../tuned (each method
+with its best.json's params), then OUT/tables/SETTING/comparison.md with a shipped and a tuned row
+per method (gap, time × Retrain) beside the independent-Retrain floor (bench/retrain_floor.py,
+OUT/tables/SETTING/floor/floor.json).
+
+Every phase resumes: a finished study, seed file or floor is reused, a partial one continued. Run
+the whole thing again after an interruption (or with more ``--trials``: the total per study).
+
+    python bench/tune_all.py --out bench/out/tune_all                  # everything, serially
+    python bench/tune_all.py --out bench/out/tune_all --phase tune --ray auto
+    python bench/tune_all.py --out bench/out/tune_all --phase tables
+    python bench/tune_all.py --out bench/out/tune_all --status          # what is done, what is left
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+DATASET = "fashion_mnist"
+SETTINGS = ("class:0", "data:5-9:0.4")
+RECIPE = "cnn_fast"
+
+
+def methods_for(forget: str, only: list[str] | None) -> list[str]:
+    from mixunlearn.data import parse_forget_spec
+    from mixunlearn.methods import list_methods
+
+    kind = parse_forget_spec(forget).kind
+    names = [m.name for m in list_methods() if m.name != "retrain" and kind in m.kinds]
+    return [m for m in names if not only or m in only]
+
+
+def folder(forget: str) -> str:
+    return f"{DATASET}-{forget.replace(':', '_')}"
+
+
+def study_dir(out: Path, forget: str, method: str) -> Path:
+    return out / "tune" / folder(forget) / method
+
+
+def tune_phase(args, out: Path) -> None:
+    from mixunlearn.tune import TuneTask, run_tuning
+
+    for forget in args.settings:
+        for method in methods_for(forget, args.methods):
+            task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
+                            recipe=RECIPE, device=args.device, download=DATASET == "digits",
+                            max_time_ratio=args.max_time_ratio)
+            where = study_dir(out, forget, method)
+            start = time.time()
+            say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
+            if args.ray:
+                from mixunlearn import ray_grid, tune_ray
+
+                ray_grid.connect(args.ray)
+                res = tune_ray.run_tuning_ray(task, args.trials, where, threads=args.threads, write=say)
+            else:
+                res = run_tuning(task, args.trials, where, write=say)
+            b = res.best
+            print(f"[{forget} {method}] {b['trials']} complete, {b['failed']} failed, best gap {b['gap']}, "
+                  f"{res.ran} trial(s) this run in {time.time() - start:.0f} s", flush=True)
+
+
+def bench_cmd(out_dir: Path, forget: str, methods: list[str], seeds: list[int], params_from: list[Path],
+              args) -> list[str]:
+    cmd = [sys.executable, "-m", "mixunlearn", "bench", "--dataset", DATASET, "--forget", forget,
+           "--recipe", RECIPE, "--methods", ",".join(["retrain", *methods]), "--seeds", ",".join(map(str, seeds)),
+           "--no-download", "--quiet", "--out", str(out_dir), "--device", args.device]
+    for p in params_from:
+        cmd += ["--params-from", str(p)]
+    if args.ray:
+        cmd += ["--ray", args.ray]
+    return cmd
+
+
+def tables_phase(args, out: Path) -> None:
+    for forget in args.settings:
+        methods = methods_for(forget, args.methods)
+        base = out / "tables" / folder(forget)
+        tuned = [m for m in methods if (study_dir(out, forget, m) / "best.json").is_file()]
+        missing = sorted(set(methods) - set(tuned))
+        if missing:
+            print(f"[{forget}] no study yet for {', '.join(missing)}: their tuned rows are left out", flush=True)
+        subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args), check=True, cwd=ROOT)
+        if tuned:
+            files = [study_dir(out, forget, m) / "best.json" for m in tuned]
+            subprocess.run(bench_cmd(base / "tuned", forget, tuned, args.seeds, files, args), check=True, cwd=ROOT)
+        floor = base / "floor"
+        if not (floor / "floor.json").is_file():
+            subprocess.run([sys.executable, "bench/retrain_floor.py", "--dataset", DATASET, "--forget", forget,
+                            "--seeds", ",".join(map(str, args.seeds)), "--recipe", RECIPE, "--out", str(floor),
+                            "--threads", str(args.threads)], check=True, cwd=ROOT)
+        text = comparison(base, forget, out)
+        (base / "comparison.md").write_text(text + "\n")
+        print(text, flush=True)
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    import csv
+
+    if not path.is_file():
+        return {}
+    with path.open() as fh:
+        return {r["method"]: r for r in csv.DictReader(fh)}
+
+
+def _f(v, digits: int = 2) -> str:
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def comparison(base: Path, forget: str, out: Path) -> str:
+    """One table: per method its shipped and tuned rows (test split, mean over seeds)."""
+    shipped, tuned = _rows(base / "shipped" / "table.csv"), _rows(base / "tuned" / "table.csv")
+    level = "class" if forget.startswith("class") else "data"
+    keys = {"class": ["test_r", "test_f", "asr"], "data": ["train_r", "train_f", "test", "asr"]}[level]
+    head = ["method", "settings", *keys, "gap", "× Retrain", "val gap (study)"]
+    lines = [f"**{DATASET} {forget}, recipe {RECIPE}, test split** (shipped vs tuned on validation)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in [m for m in shipped if m != "retrain"]:
+        for label, rows in (("shipped", shipped), ("tuned", tuned)):
+            r = rows.get(name)
+            if r is None:
+                continue
+            best = study_dir(out, forget, name) / "best.json"
+            val = ""
+            if best.is_file():
+                b = json.loads(best.read_text())
+                val = _f(b["shipped_gap"] if label == "shipped" else b["gap"])
+            cells = [f"{_f(r.get(k))} ± {_f(r.get(k + '_std'))}" for k in keys]
+            lines.append("| " + " | ".join([name, label, *cells, _f(r.get("gap_to_retrain")),
+                                            _f(r.get("time_ratio_to_retrain"), 3), val]) + " |")
+    floor = base / "floor" / "floor.json"
+    if floor.is_file():
+        doc = json.loads(floor.read_text())
+        gaps = [row["gap"] for row in doc.get("rows", doc if isinstance(doc, list) else []) if "gap" in row]
+        if gaps:
+            mean = sum(gaps) / len(gaps)
+            lines += ["", f"Independent-Retrain floor (gap of another Retrain to the task's): {mean:.2f} "
+                          f"over {len(gaps)} model(s) (bench/retrain_floor.py)."]
+    return "\n".join(lines)
+
+
+def status(args, out: Path) -> None:
+    """Per study: trials done, seconds a trial (method and scoring, measured); the time left, with a
+    study that has no trial yet counted at the mean of the measured ones."""
+    rows, walls = [], []
+    for forget in args.settings:
+        for method in methods_for(forget, args.methods):
+            best = study_dir(out, forget, method) / "best.json"
+            b = json.loads(best.read_text()) if best.is_file() else {}
+            n = b.get("trials", 0) + b.get("failed", 0)
+            wall = b.get("trial_wall_seconds_mean")
+            if wall:
+                walls.append(wall)
+            rows.append((forget, method, n, wall))
+    fallback = sum(walls) / len(walls) if walls else None
+    left_s, left = 0.0, 0
+    for forget, method, n, wall in rows:
+        todo = max(0, args.trials - n)
+        left += todo
+        left_s += todo * (wall or fallback or 0.0)
+        print(f"{forget:<14} {method:<22} {n:>3}/{args.trials} trials" + (f", {wall:.0f} s a trial" if wall else ""))
+    print(f"{left} trial(s) left" + (f", about {left_s / 3600:.1f} h serially at the measured costs"
+                                     if fallback else ""))
+
+
+def main() -> int:
+    global DATASET, RECIPE
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/out/tune_all")
+    p.add_argument("--phase", choices=("tune", "tables", "all"), default="all")
+    p.add_argument("--settings", default=";".join(SETTINGS), help="forget specs separated by ';'")
+    p.add_argument("--dataset", default=DATASET, help="(a smoke test on digits: --dataset digits)")
+    p.add_argument("--recipe", default=RECIPE)
+    p.add_argument("--methods", default=None, help="only these methods (comma-separated; default: every one)")
+    p.add_argument("--trials", type=int, default=20, help="trials per study (the total; >= 20 for the comparison)")
+    p.add_argument("--tune-seeds", default="0,1", help="validation seeds every study averages over")
+    p.add_argument("--seeds", default="0,1,2", help="test-split seeds of the tables")
+    p.add_argument("--max-time-ratio", type=float, default=0.3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="on Ray: threads and CPUs per trial")
+    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="trials and bench cells on Ray")
+    p.add_argument("--status", action="store_true", help="print what is done and stop")
+    args = p.parse_args()
+    args.settings = [s for s in args.settings.split(";") if s]
+    args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    args.tune_seeds = [int(s) for s in args.tune_seeds.split(",") if s]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    DATASET, RECIPE = args.dataset, args.recipe
+    out = Path(args.out)
+    if args.status:
+        status(args, out)
+        return 0
+    if args.phase in ("tune", "all"):
+        tune_phase(args, out)
+    if args.phase in ("tables", "all"):
+        tables_phase(args, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

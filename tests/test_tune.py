@@ -1,0 +1,190 @@
+"""``tune`` (mixunlearn.tune): search spaces, trial 0 = shipped, resume, failed trials, the validation
+split only, and ``--params-from`` for run/bench (``tune --ray`` on a real local cluster is in
+tests/test_ray.py, on its cluster). Digits, a fast recipe and finetune with one epoch keep every
+trial to a few seconds."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import optuna
+import pytest
+import torch
+
+from mixunlearn.cli import main
+from mixunlearn.methods import list_methods, make_config
+from mixunlearn.tune import TuneTask, run_tuning, search_space, shipped_params, suggest
+
+# finetune with one epoch at batch 256: about a second a trial on digits.
+CHEAP = "finetune"
+TIME_CAP = 100.0  # the tests check the mechanics, not the speed (bench/ does)
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("tune_home")
+
+
+@pytest.fixture
+def home(shared_home, monkeypatch):
+    """One model cache for this module's tests: the digits originals and Retrains train once."""
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(shared_home))
+    return shared_home
+
+
+def task(**kw) -> TuneTask:
+    base = {"dataset": "digits", "forget": "class:0", "method": CHEAP, "seeds": (0,), "recipe": "laf_cnn_fast",
+            "max_time_ratio": TIME_CAP}
+    return TuneTask(**{**base, **kw})
+
+
+def narrow_finetune(monkeypatch):
+    """finetune's space with its budget pinned to one epoch (fast trials; the other fields searched)."""
+    from mixunlearn.methods import base
+
+    spec = base.get_method("finetune")
+    cls = spec.config_cls
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    meta = dict(fields["epochs"].metadata, tune=False)
+    monkeypatch.setattr(fields["epochs"], "metadata", meta)
+    monkeypatch.setitem(cls.FAMILY_DEFAULTS, "digits", {"epochs": 1, "batch_size": 256})
+
+
+def test_every_method_space_samples_valid_configs():
+    families = ("digits", "cnn:fast")
+    for spec in list_methods():
+        if spec.name == "retrain":
+            continue
+        for family in families:
+            dims = search_space(spec.name, family)
+            assert dims, f"{spec.name} has nothing to tune"
+            # the shipped values lie in the space (trial 0 is them)
+            make_config(spec.name, family, shipped_params(dims))
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+            for _ in range(20):
+                trial = study.ask()
+                params = suggest(trial, dims)
+                make_config(spec.name, family, params)  # raises on any value out of its field's range
+                study.tell(trial, 0.0)
+    # opt-outs and narrowed ranges are honoured
+    mix = {d.name: d for d in search_space("mixunlearn", "cnn:fast")}
+    assert "label_mode" not in mix and "amp" not in mix and "lr" in mix and mix["lr"].log
+    beta = {d.name: d for d in search_space("neggrad_plus", "cnn")}["beta"]
+    assert (beta.low, beta.high) == (0.9, 0.99999)
+
+
+def test_trial0_is_shipped_and_the_study_resumes_to_the_total(home, tmp_path, monkeypatch):
+    narrow_finetune(monkeypatch)
+    out = tmp_path / "study"
+    first = run_tuning(task(), 1, out, write=lambda s: None)
+    assert first.ran == 1 and first.best["trials"] == 1
+    again = run_tuning(task(), 2, out, write=lambda s: None)  # --trials is the total
+    assert again.ran == 1
+    study = optuna.load_study(study_name=task().resolved().study_name, storage=f"sqlite:///{out / 'study.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 2
+    shipped = shipped_params(search_space(CHEAP, "digits"))
+    assert trials[0].params == shipped and trials[0].user_attrs["shipped"]
+    assert not trials[1].user_attrs.get("shipped") and trials[1].params != shipped
+    assert run_tuning(task(), 2, out, write=lambda s: None).ran == 0
+    # A resumed process draws new points (not the first process's random draws again).
+    assert run_tuning(task(), 3, out, write=lambda s: None).ran == 1
+    trials = study.get_trials()
+    assert trials[2].params != trials[1].params
+    best = json.loads((out / "best.json").read_text())
+    assert best["trials"] == 3 and best["failed"] == 0 and best["gap"] <= trials[0].value
+    assert best["shipped_gap"] == trials[0].value and best["eval_split"] == "val"
+    assert best["trial_time_ratio_mean"] > 0 and all("time_ratio" in t.user_attrs for t in trials)
+    assert trials[0].system_attrs  # the time constraint is stored with each trial
+
+
+def test_a_failing_trial_is_recorded_failed_and_the_study_goes_on(home, tmp_path, monkeypatch):
+    from mixunlearn.methods import base
+
+    narrow_finetune(monkeypatch)
+    spec = base.get_method("finetune")
+
+    def overflow(model, data, cfg, *, device, callbacks):
+        with torch.no_grad():
+            # 3e38 x 10 overflows float32 to inf on every CPU: run_method's weight check fails
+            next(model.parameters()).fill_(3e38).mul_(10.0)
+        return model
+
+    def boom(model, data, cfg, *, device, callbacks):
+        raise RuntimeError("a bad combination")
+
+    monkeypatch.setitem(base._REGISTRY, "finetune", dataclasses.replace(spec, fn=overflow))
+    res = run_tuning(task(), 1, tmp_path / "s", write=lambda s: None)
+    monkeypatch.setitem(base._REGISTRY, "finetune", dataclasses.replace(spec, fn=boom))
+    res = run_tuning(task(), 2, tmp_path / "s", write=lambda s: None)
+    assert res.best["failed"] == 2 and res.best["trials"] == 0 and res.best["gap"] is None
+    study = optuna.load_study(study_name=task().resolved().study_name,
+                              storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    errors = [t.user_attrs["error"] for t in study.get_trials()]
+    assert "NonFiniteLossError" in errors[0] and "a bad combination" in errors[1]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials())
+
+
+class _Poison:
+    """A test split that fails on any use."""
+
+    def __getattr__(self, name):
+        raise AssertionError("the test split was used during tuning")
+
+    def __len__(self):
+        raise AssertionError("the test split was used during tuning")
+
+    def __getitem__(self, item):
+        raise AssertionError("the test split was used during tuning")
+
+
+def test_the_test_split_is_never_scored(home, tmp_path, monkeypatch):
+    from mixunlearn import experiment
+    from mixunlearn.datasets import load_dataset
+
+    narrow_finetune(monkeypatch)
+    poisoned = copy.copy(load_dataset("digits"))
+    poisoned.x_test, poisoned.y_test = _Poison(), _Poison()
+    monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: poisoned)
+    res = run_tuning(task(), 1, tmp_path / "s", write=lambda s: None)
+    assert res.best["trials"] == 1 and res.best["gap"] is not None
+    # The poison bites where the test split is used: the same task's data on the test split.
+    with pytest.raises(AssertionError, match="test split"):
+        experiment.prepare_data(dataclasses.replace(task().experiment(0), eval_split="test"), torch.device("cpu"))
+
+
+def test_params_from_applies_and_refuses(home, tmp_path, capsys):
+    good = tmp_path / "best.json"
+    good.write_text(json.dumps({"method": "finetune", "dataset": "digits", "forget": "class:0",
+                                "recipe": "laf_cnn_fast", "params": {"lr": 0.003, "epochs": 1}}))
+    run = ["run", "--dataset", "digits", "--forget", "class:0", "--recipe", "laf_cnn_fast", "--no-attacks",
+           "--quiet"]
+    out = tmp_path / "run"
+    assert main([*run, "--methods", "retrain,finetune", "--params-from", str(good), "--out", str(out)]) == 0
+    cfg = json.loads((out / "results.json").read_text())["methods"]["finetune"]["config"]
+    assert cfg["lr"] == 0.003 and cfg["epochs"] == 1
+    capsys.readouterr()
+
+    def refused(path, methods="retrain,finetune") -> str:
+        rc = main([*run, "--methods", methods, "--params-from", str(path), "--out", str(tmp_path / "no")])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "not in the run" in refused(good, "retrain,neggrad")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "not JSON" in refused(bad)
+    bad.write_text(json.dumps({"method": "finetune", "params": {"lrr": 1}}))
+    assert "unknown parameter 'lrr'" in refused(bad)
+    bad.write_text(json.dumps({"method": "finetune", "params": {"lr": 5.0}}))
+    assert "above its maximum" in refused(bad)
+    bad.write_text(json.dumps([1, 2]))
+    assert "not a tuning result" in refused(bad)
+    assert "cannot read" in refused(tmp_path / "missing.json")
+    rc = main(["bench", "--dataset", "digits", "--methods", "retrain,neggrad", "--params-from", str(good),
+               "--out", str(tmp_path / "b")])
+    assert rc == 2 and "not in the run" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists() and not (tmp_path / "b").exists()
