@@ -178,7 +178,7 @@ def _fisher(model, data, idx, batch_size):
 
 def test_sfr_on_mask_is_the_forget_to_remain_fisher_ratio(task, monkeypatch):
     data, original = task
-    cfg = make_config("sfr_on", "digits", {"iterations": 5, "forget_every": 1})
+    cfg = make_config("sfr_on", "digits", {"steps": 5, "forget_every": 1})
     seen = []
     real = sfr_mod.forget_step
 

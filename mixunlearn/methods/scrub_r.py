@@ -24,7 +24,7 @@ impossible (the rule needs labels).
 Deviations [ours]: the notebook saves ``step{e}`` files only for e ≥ 1 and would fail to load
 "step0" when the original wins; here checkpoint 0 is f_D. Its batch sizes (forget 16, retain 32)
 are not used: SCRUB+R takes SCRUB's config and defaults unchanged, so SCRUB and SCRUB+R differ
-only by the rewind (and the fast budget below).
+only by the rewind.
 """
 
 from __future__ import annotations
@@ -42,12 +42,8 @@ from .scrub import ScrubConfig, scrub
 
 @dataclass(frozen=True)
 class ScrubRConfig(ScrubConfig):
-    FAMILY_DEFAULTS = {
-        "resnet": {"epochs": 3, "msteps": 2, "gamma": 0.99, "alpha": 0.001, "augment": True},
-        "cnn": {"clip": 50.0},
-        # Fast recipe (cnn_fast): 2 epochs, 1 max pass (SCRUB's fast 3/2 costs 0.7× Retrain).
-        "cnn:fast": {"epochs": 2, "msteps": 1},
-    }
+    """SCRUB's fields and per-family defaults, unchanged (the fast budget included: a shorter SCRUB
+    with one max pass left Test_f at 68.7 on the Fashion-MNIST validation split)."""
 
 
 @torch.no_grad()

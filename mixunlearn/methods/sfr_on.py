@@ -50,7 +50,7 @@ class SFRonConfig(MethodConfig):
     lr: float = param(0.01, "SGD learning rate (momentum 0.9), cosine-annealed to 0 over the iterations [ref 0.01]",
                       min=1e-6, max=1.0, log=True)
     weight_decay: float = param(5e-4, "weight decay [ref]", min=0.0, max=0.1)
-    iterations: int = param(1500, "iterations T; each has one retain step, every forget_every-th also a forget "
+    steps: int = param(1500, "iterations T; each has one retain step, every forget_every-th also a forget "
                             "step first [ref 1500]", min=1, max=100000, log=True)
     batch_size: int = param(128, "batch size of forget and retain steps and of the Fisher passes [ref 128]",
                             min=1, max=4096)
@@ -69,16 +69,16 @@ class SFRonConfig(MethodConfig):
     augment: bool = param(False, "use the original training's augmentation in the steps (ResNet-18: on)")
 
     FAMILY_DEFAULTS = {
-        "digits": {"iterations": 100, "batch_size": 64},
+        "digits": {"steps": 100, "batch_size": 64},
         "resnet": {"augment": True},
         # Fast recipe (cnn_fast): 250 iterations, Fishers on 20 batches each (Fashion-MNIST validation split).
-        "cnn:fast": {"iterations": 250, "fisher_batches": 20},
+        "cnn:fast": {"steps": 250, "fisher_batches": 20},
     }
 
 
 def alpha_at(cfg: SFRonConfig, t: int) -> float:
     """``α_t``: the forget weight of iteration ``t`` under the configured schedule."""
-    frac = t / max(1, cfg.iterations)
+    frac = t / max(1, cfg.steps)
     if cfg.alpha_schedule == "linear":
         return cfg.alpha * (1 - frac)
     if cfg.alpha_schedule == "expdecay":
@@ -143,8 +143,8 @@ def forget_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     paper="Huang et al., NeurIPS 2024",
 )
 def sfr_on(model, data, cfg: SFRonConfig, *, device, callbacks):
-    n_forget_steps = -(-cfg.iterations // cfg.forget_every)
-    loop = MethodLoop("sfr_on", data, callbacks, fisher_steps(data, cfg) + cfg.iterations + n_forget_steps,
+    n_forget_steps = -(-cfg.steps // cfg.forget_every)
+    loop = MethodLoop("sfr_on", data, callbacks, fisher_steps(data, cfg) + cfg.steps + n_forget_steps,
                       augment=cfg.augment, model=model)
     y = data.y_train
     mask, share = None, 1.0
@@ -158,9 +158,9 @@ def sfr_on(model, data, cfg: SFRonConfig, *, device, callbacks):
     opt = make_optimizer(model.parameters(), "sgd", cfg.lr, cfg.weight_decay)
     forget_stream = side_stream(loop, data.forget_idx, cfg.batch_size, salt=3)
     retain_stream = loop.stream(data.retain_idx, cfg.batch_size)
-    for t in range(cfg.iterations):
+    for t in range(cfg.steps):
         for group in opt.param_groups:  # torch's CosineAnnealingLR, stepped once per iteration
-            group["lr"] = cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations)) / 2
+            group["lr"] = cfg.lr * (1 + math.cos(math.pi * t / cfg.steps)) / 2
         model.train()
         if t % cfg.forget_every == 0:
             b = next(forget_stream)
