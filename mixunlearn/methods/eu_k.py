@@ -45,8 +45,9 @@ class EUkConfig(MethodConfig):
     FAMILY_DEFAULTS = {
         "cnn": {"k": 4, "epochs": 20},
         "resnet": {"k": 2, "epochs": 25, "augment": True},
-        # Fast recipe (cnn_fast): 2 passes over D_r at batch 256 with momentum 0.9, under a third of Retrain.
-        "cnn:fast": {"epochs": 2, "batch_size": 256, "lr": 0.02, "momentum": 0.9},
+        # Fast recipe (cnn_fast): 1 pass over D_r at batch 256, lr 0.05 with momentum 0.9 (Fashion-MNIST
+        # validation split, class 0: Test_r 89.7; 2 passes at lr 0.02: 89.4 at twice the cost).
+        "cnn:fast": {"epochs": 1, "batch_size": 256, "lr": 0.05, "momentum": 0.9},
     }
 
 
