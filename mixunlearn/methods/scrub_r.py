@@ -21,6 +21,10 @@ that is the notebook's protocol; on the test split it means the choice of one ch
 ``epochs + 1`` reads test labels, which a test-split row must state. Label-agnostic use is
 impossible (the rule needs labels).
 
+With noisy labels the rule compares D_f's error on its stored (wrong) labels with a held-out error on
+true labels, so it favours the checkpoint that still fits the noise (on digits it rewound to f_D);
+the rule is meant for correctly labelled forget sets.
+
 Deviations [ours]: the notebook saves ``step{e}`` files only for e ≥ 1 and would fail to load
 "step0" when the original wins; here checkpoint 0 is f_D. Its batch sizes (forget 16, retain 32)
 are not used: SCRUB+R takes SCRUB's config and defaults unchanged, so SCRUB and SCRUB+R differ
