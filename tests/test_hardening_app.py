@@ -119,7 +119,7 @@ def test_switching_to_data_level_starts_from_a_valid_share():
 def test_an_empty_class_choice_is_an_error_and_nothing_can_start():
     at = _app("pages/1_Setup.py")
     at.radio(key="setup_kind").set_value("data").run()
-    at.multiselect(key="setup_classes_data").set_value([]).run()
+    at.multiselect(key="setup_classes_data_digits").set_value([]).run()
     _no_traceback(at)
     assert "The forget set is not valid" in _texts(at.error) and "names no class" in _texts(at.error)
     assert at.button(key="train_button").disabled
