@@ -76,7 +76,8 @@ EXIT_SCRIPT = textwrap.dedent("""
     from mixunlearn.store import RunStore
     from ui import shutdown
 
-    assert shutdown.install() and not shutdown.install()  # once per process
+    assert not shutdown.install()  # only in a `streamlit run` process by default
+    assert shutdown.install(anywhere=True) and not shutdown.install(anywhere=True)  # once per process
     store = RunStore(sys.argv[1])
     started = threading.Event()
 

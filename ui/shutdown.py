@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 GRACE_S = 2.0  # how long cancelled jobs get to stop by themselves
 DEADLINE_S = 4.0  # the process ends at most this long after the exit began
@@ -38,9 +39,20 @@ _lock = threading.Lock()
 _installed = False
 
 
-def install() -> bool:
-    """Register the exit hook once per process; True when this call registered it."""
+def under_streamlit_server() -> bool:
+    """Whether this process is ``streamlit run`` (its ``__main__`` is Streamlit's command line), not
+    e.g. pytest running the app through AppTest, whose own exit (and exit status) must stay as is."""
+    main = sys.modules.get("__main__")
+    where = str(getattr(main, "__file__", "") or "")
+    return "streamlit" in Path(where).parts or Path(where).name == "streamlit"
+
+
+def install(*, anywhere: bool = False) -> bool:
+    """Register the exit hook once per process, only in a ``streamlit run`` process unless
+    ``anywhere``; True when this call registered it."""
     global _installed
+    if not anywhere and not under_streamlit_server():
+        return False
     with _lock:
         if _installed:
             return False
