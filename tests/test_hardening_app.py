@@ -415,7 +415,12 @@ def test_on_a_gpu_the_second_session_waits_its_turn_with_a_message(monkeypatch):
         b.button(key="run_button").click().run()
         jb = _job(b, "experiment_job")
         assert ja.gpu and jb.gpu
-        time.sleep(0.3)
+        # Wait for the state the check needs (the job's thread saying so), not a fixed sleep that a
+        # loaded machine can outrun.
+        deadline = time.time() + 30
+        while "waiting for the GPU" not in (jb.message or ""):
+            assert time.time() < deadline, jb.message
+            time.sleep(0.02)
         b.run()
         _no_traceback(b)
         assert jb.state == jobs.QUEUED

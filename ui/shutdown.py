@@ -16,8 +16,11 @@ can take long: a script runs native code that no stop request interrupts.
 3. ends the process at once (``os._exit`` after flushing) when any thread that could hold it up is
    still alive: a page script, a job, the UMAP warm-up. Otherwise the normal exit goes on.
 
-A watchdog ends the process ``DEADLINE_S`` seconds after the hook started whatever happens, so
-even a hook stuck on a lock cannot keep the server alive.
+Under ``streamlit run`` a watcher thread also starts the same sequence as soon as Streamlit's
+runtime starts stopping (it polls the runtime's state, 5 times a second): the exit is then timed
+from the signal, not from the moment the interpreter gets round to its exit. Whichever starts
+first, a watchdog ends the process ``DEADLINE_S`` seconds later whatever happens, so even a step
+stuck on a lock cannot keep the server alive.
 """
 
 from __future__ import annotations
@@ -63,7 +66,26 @@ def install(*, anywhere: bool = False) -> bool:
 
             atexit.register(on_exit)
         _installed = True
-        return True
+    if not anywhere or under_streamlit_server():
+        threading.Thread(target=_watch_runtime, name="mixunlearn-exit-watch", daemon=True).start()
+    return True
+
+
+def _watch_runtime(poll_s: float = 0.2) -> None:
+    """Start the exit sequence once Streamlit's runtime is stopping (SIGINT / SIGTERM)."""
+    try:
+        from streamlit.runtime import Runtime, RuntimeState
+    except ImportError:  # pragma: no cover - a Streamlit without these names: the exit hook still works
+        return
+    stopping = (RuntimeState.STOPPING, RuntimeState.STOPPED)
+    while True:
+        time.sleep(poll_s)
+        try:
+            if Runtime.instance().state in stopping:
+                break
+        except RuntimeError:  # no runtime (yet)
+            continue
+    begin_exit()
 
 
 def _hard_exit(code: int = 0) -> None:
@@ -73,6 +95,29 @@ def _hard_exit(code: int = 0) -> None:
         except Exception:  # noqa: BLE001 - a closed stream must not keep the process alive
             pass
     os._exit(code)
+
+
+_begun = threading.Event()
+_jobs_handled = threading.Event()
+
+
+def begin_exit() -> None:
+    """The exit sequence's first part, once per process: the watchdog, then the jobs."""
+    with _lock:
+        if _begun.is_set():
+            return
+        _begun.set()
+    _watchdog(DEADLINE_S)
+    try:
+        from mixunlearn import jobs
+
+        runner = jobs._RUNNER
+        if runner is not None:
+            stop_jobs(runner)
+    except Exception:  # noqa: BLE001 - exiting matters more than tidying up
+        log.exception("stopping the jobs at exit failed")
+    finally:
+        _jobs_handled.set()
 
 
 def _watchdog(deadline_s: float) -> None:
@@ -105,21 +150,14 @@ def _holding_threads() -> list[threading.Thread]:
     """Threads other than this one that would delay the exit or run on into it."""
     me = threading.current_thread()
     return [t for t in threading.enumerate()
-            if t is not me and t.is_alive() and not t.name.startswith("mixunlearn-exit-watchdog")
+            if t is not me and t.is_alive() and not t.name.startswith("mixunlearn-exit-")
             and (not t.daemon or t.name.startswith("mixunlearn-"))]
 
 
 def on_exit() -> None:
     """The exit hook (see the module docstring)."""
-    _watchdog(DEADLINE_S)
-    try:
-        from mixunlearn import jobs
-
-        runner = jobs._RUNNER
-        if runner is not None:
-            stop_jobs(runner)
-    except Exception:  # noqa: BLE001 - exiting matters more than tidying up
-        log.exception("stopping the jobs at exit failed")
+    begin_exit()  # a no-op when the watcher began it first; then wait until it has handled the jobs
+    _jobs_handled.wait(DEADLINE_S)
     holding = _holding_threads()
     if holding:
         log.info("exiting now; still running: %s", ", ".join(t.name for t in holding))
