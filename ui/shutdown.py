@@ -30,7 +30,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 GRACE_S = 2.0  # how long cancelled jobs get to stop by themselves
 DEADLINE_S = 4.0  # the process ends at most this long after the exit began
@@ -43,11 +42,10 @@ _installed = False
 
 
 def under_streamlit_server() -> bool:
-    """Whether this process is ``streamlit run`` (its ``__main__`` is Streamlit's command line), not
-    e.g. pytest running the app through AppTest, whose own exit (and exit status) must stay as is."""
-    main = sys.modules.get("__main__")
-    where = str(getattr(main, "__file__", "") or "")
-    return "streamlit" in Path(where).parts or Path(where).name == "streamlit"
+    """Whether this process is a ``streamlit run`` server (Streamlit's bootstrap, which starts the
+    server, is loaded), not e.g. pytest running the app through AppTest, whose own exit (and exit
+    status) must stay as is. (``__main__`` tells nothing: Streamlit runs each script as ``__main__``.)"""
+    return "streamlit.web.bootstrap" in sys.modules
 
 
 def install(*, anywhere: bool = False) -> bool:
