@@ -7,7 +7,8 @@ rate, fails or not depending on how a CPU rounds). The failure then travels thro
 as a real one: the progress reporter raises NonFiniteLossError, the experiment records the method
 as failed with that message.
 
-``register()`` adds it to the registry of the calling process; Ray workers, which do not import
+``register()`` adds it to the registry of the calling process (``unregister()`` removes it: the
+Ray tests hold it only while they run, since other tests list every registered method); Ray workers, which do not import
 the tests, run it as their ``worker_process_setup_hook`` (``RAY_HOOK``), found through PYTHONPATH
 (``ray_env()``).
 """
@@ -57,6 +58,13 @@ def register() -> None:
     base.register_method(NAME, config=NanConfig, labels="aware", display="NaN by construction",
                          summary="fine-tuning whose loss is NaN from step nan_at (tests only)",
                          paper="test")(nan_fn)
+
+
+def unregister() -> None:
+    """Remove the method again (other tests list every registered method)."""
+    from mixunlearn.methods import base
+
+    base._REGISTRY.pop(NAME, None)
 
 
 def ray_env(extra: dict | None = None) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import ray  # in requirements.txt: a missing ray fails these tests, it does not skip them
 from ray_nan_method import NAME as NAN_METHOD
-from ray_nan_method import TESTS_DIR, register
+from ray_nan_method import TESTS_DIR, register, unregister
 from ray_nan_method import ray_env as nan_ray_env
 
 from mixunlearn.cli import main
@@ -37,7 +37,14 @@ GRID = ["bench", "--dataset", "digits", "--forget", "class:0", "--methods", f"re
 DRIVER = ("import sys, ray_nan_method as m; m.register(); import mixunlearn.ray_grid as g; "
           "base = g.runtime_env; g.runtime_env = lambda: m.ray_env(base()); "
           "from mixunlearn.cli import main; sys.exit(main(sys.argv[1:]))")
-register()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nan_method():
+    """NAN_METHOD in this process's registry while this module's tests run, and only then."""
+    register()
+    yield NAN_METHOD
+    unregister()
 
 
 @contextlib.contextmanager
