@@ -19,7 +19,7 @@ import streamlit as st  # noqa: E402
 
 from mixunlearn import jobs
 from mixunlearn.plugins import load_home_plugins
-from ui import actions, state, widgets
+from ui import actions, shutdown, state, widgets
 from ui.progress import show_job, sidebar_status
 from ui.shell import take_over_navigation
 
@@ -58,21 +58,28 @@ def home() -> None:
     with widgets.guarded("the demo"):
         st.markdown(
             f"Digits (8×8, ships with scikit-learn, works offline), forget class {jobs.DEMO_FORGET.split(':')[1]}, "
-            f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.demo_methods())}**. It trains the original model "
+            f"seed {jobs.DEMO_SEED}; methods: **{', '.join(jobs.DEMO_METHODS)}**. It trains the original model "
             "and Retrain, unlearns, scores everything against Retrain and prepares every page. The first run trains "
             "the two small models (fast recipe); later runs reuse them."
         )
-        running = actions.experiment_running()
-        if "mixunlearn" not in jobs.demo_methods():
+        # The button is drawn before anything slow (torch, the data, the timed probe of the estimate),
+        # so it answers at once; the estimate fills the line under it later in the same run.
+        clicked = st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:",
+                            type="primary", disabled=actions.experiment_running(),
+                            help="Runs in the background; you can move between pages while it runs.")
+        note = st.empty()
+        if not clicked:
+            note.caption("Estimating the demo's time on this machine…")
+        demo = jobs.demo_config(state.setup().get("device", "auto"))
+        if "mixunlearn" not in demo.methods:
             st.warning("MixUnlearn is not available in this installation yet; the demo runs Retrain and the "
                        "baselines only.")
-        demo = jobs.demo_config(state.setup().get("device", "auto"))
         est = actions.estimate(demo, projections=len(demo.methods) + 1)
-        if st.button("Run the default demo", key="demo_button", icon=":material/play_arrow:", type="primary",
-                     disabled=running, help="Runs in the background; you can move between pages while it runs."):
+        if clicked:
             job = actions.start_experiment(demo, "Default demo", estimate_s=est.seconds if est else None)
             if job is not None:
                 st.rerun()
+        note.empty()
         actions.estimate_caption(est, "demo")
         # Progress bars only: the live curves are on the Unlearn page (redrawing them every second costs CPU).
         job = show_job(state.K_EXPERIMENT_JOB, curves=False, on_done=actions.select_finished_run)
@@ -108,6 +115,7 @@ def main() -> None:
             if key != "home"]
     nav.append(st.Page("pages/8_Strong_evaluation.py", title="Strong evaluation", icon=":material/verified:"))
     page = st.navigation(nav)
+    shutdown.install()  # once per process: Ctrl-C / SIGTERM end the server at once
     widgets.HOME_PAGE = nav[0]
     # Every page needs the home folder (model cache, run store) except the Learn page's toy: when it
     # cannot be used, say so once, naming MIXUNLEARN_HOME, instead of failing inside each page.
@@ -115,11 +123,15 @@ def main() -> None:
     if problem and page.title != widgets.PAGES["learn"][1]:
         st.error(problem, icon=":material/folder_off:")
         return
-    load_home_plugins()  # $MIXUNLEARN_HOME/plugins/*.py: their methods join the registry (Setup lists them)
-    state.warm_up_projections()  # once per process, in the background
+    # $MIXUNLEARN_HOME/plugins/*.py: their methods join the registry (Setup lists them); with no
+    # plugin files this imports nothing heavy, so the first paint stays quick
+    load_home_plugins()
     state.reattach_jobs()  # a reloaded tab finds its running job through the URL
     sidebar_status(state.K_EXPERIMENT_JOB)
-    page.run()
+    try:
+        page.run()
+    finally:  # after the page's first paint (it imports pandas, then compiles in the background)
+        state.warm_up_projections()  # once per process
 
 
 main()

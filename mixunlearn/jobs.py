@@ -331,6 +331,7 @@ class Job:
         self.debug = ""  # traceback, for developers only
         self.result: Any = None
         self.run_id: str | None = None
+        self.run_store = None  # the RunStore holding run_id (the app marks it interrupted at exit)
         self.thread: threading.Thread | None = None
         self.history_of_states: list[str] = [QUEUED]
         self._done = threading.Event()
@@ -650,7 +651,7 @@ def experiment_job(cfg, *, store=None, cache=None, project: str | None = "umap",
         resolved = cfg.resolved()
         st = store or RunStore()
         run_id = st.begin(resolved.to_dict(), label=label)
-        job.run_id = run_id
+        job.run_id, job.run_store = run_id, st
         try:
             job.say(f"loading {resolved.dataset}")
             data = prepare_data(resolved, resolve_device(resolved.device))

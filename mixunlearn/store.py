@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ._lazy import torch
 from .utils import atomic_write_text, check_seed, home_dir
 
 SCHEMA_VERSION = 1

@@ -40,7 +40,9 @@ and ``main.py``, commit ffae0ff), in our own code. The rules, as that code appli
   the 1e-45 floor applied in log space), which equals the challenge's float64 value up to
   rounding; no probability is formed.
 - Threshold rates are counted with sorted arrays (``searchsorted``) in float64 instead of
-  comparing every threshold with every model in float32 on a GPU; thresholds are the same.
+  comparing every threshold with every model on a GPU; our grids are float64 where the challenge's
+  single-threshold grid is float32 (``torch.linspace``), which can only matter for a confidence
+  sitting exactly on a threshold (docs/metrics.md §2.2).
 - Where no threshold survives (the two groups are the same single point: both ranges 0) the
   challenge stops on an assertion; we return ε = 0 (nothing tells the groups apart). The
   released ``_get_epsilons`` also asserts on a NumPy array (``assert thr_eps``), which as

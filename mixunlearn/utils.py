@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from ._lazy import torch
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

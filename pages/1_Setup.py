@@ -131,16 +131,18 @@ with widgets.guarded("the setup"):
     kind = st.radio("What to forget", list(kinds), index=list(kinds).index(s["kind"]), format_func=kinds.get,
                     horizontal=True, key="setup_kind")
     class_labels = [f"{c}: {n}" for c, n in enumerate(info.class_names)]
+    # The class widgets are keyed on the dataset: a keyed widget keeps its identity when only its
+    # labels change, and the browser would go on showing the previous dataset's class names.
     if kind == "class":
         current = s["classes"][0] if s["classes"] and s["classes"][0] < info.n_classes else 0
         picked = st.selectbox("Class to forget", list(range(info.n_classes)), index=current,
-                              format_func=lambda c: class_labels[c], key="setup_class")
+                              format_func=lambda c: class_labels[c], key=f"setup_class_{dataset}")
         # The share is kept for a later switch to data-level (a class spec ignores it).
         classes, fraction = [int(picked)], _share(s.get("fraction"))
     else:
         default = [c for c in s["classes"] if c < info.n_classes] or list(range(5, 10))
         classes = st.multiselect("Classes", list(range(info.n_classes)), default=default,
-                                 format_func=lambda c: class_labels[c], key=f"setup_classes_{kind}")
+                                 format_func=lambda c: class_labels[c], key=f"setup_classes_{kind}_{dataset}")
         fraction = st.slider("Share of each class" + (" relabelled" if kind == "noisy" else " forgotten"),
                              0.05, 0.95, _share(s.get("fraction")), 0.05, key=f"setup_fraction_{kind}")
     c1, c2 = st.columns(2)

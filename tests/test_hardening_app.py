@@ -119,7 +119,7 @@ def test_switching_to_data_level_starts_from_a_valid_share():
 def test_an_empty_class_choice_is_an_error_and_nothing_can_start():
     at = _app("pages/1_Setup.py")
     at.radio(key="setup_kind").set_value("data").run()
-    at.multiselect(key="setup_classes_data").set_value([]).run()
+    at.multiselect(key="setup_classes_data_digits").set_value([]).run()
     _no_traceback(at)
     assert "The forget set is not valid" in _texts(at.error) and "names no class" in _texts(at.error)
     assert at.button(key="train_button").disabled
@@ -415,7 +415,12 @@ def test_on_a_gpu_the_second_session_waits_its_turn_with_a_message(monkeypatch):
         b.button(key="run_button").click().run()
         jb = _job(b, "experiment_job")
         assert ja.gpu and jb.gpu
-        time.sleep(0.3)
+        # Wait for the state the check needs (the job's thread saying so), not a fixed sleep that a
+        # loaded machine can outrun.
+        deadline = time.time() + 30
+        while "waiting for the GPU" not in (jb.message or ""):
+            assert time.time() < deadline, jb.message
+            time.sleep(0.02)
         b.run()
         _no_traceback(b)
         assert jb.state == jobs.QUEUED

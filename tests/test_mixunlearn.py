@@ -771,16 +771,20 @@ def test_cancellation_stops_the_run(digits_class3):
 
 
 def test_nan_losses_stop_with_an_error_naming_the_method(digits_class3):
-    """An absurd learning rate (the config's own range checks refuse it, so the method is called
-    directly) makes the losses non-finite: the run stops with an error naming the method."""
+    """An infinite learning rate (the config's own range checks refuse it, so the method is called
+    directly) makes the weights non-finite by construction: Adam's first step moves every weight by
+    inf · m̂/(√v̂+ε), which IEEE 754 makes ±inf (NaN where the gradient is 0) exactly, on every CPU,
+    whatever its rounding; the next forward pass's losses are NaN. (A huge finite rate only makes
+    the failure likely.) The run stops with an error naming the method."""
     d, original, _ = digits_class3
-    for name, cfg in (("mixunlearn", MixUnlearnConfig(epochs=2, lr=1e30)),
-                      ("mixunlearn_agnostic", MixUnlearnAgnosticConfig(epochs=2, lr=1e30))):
+    lr = float("inf")
+    for name, cfg in (("mixunlearn", MixUnlearnConfig(epochs=2, lr=lr)),
+                      ("mixunlearn_agnostic", MixUnlearnAgnosticConfig(epochs=2, lr=lr))):
         view = d if name == "mixunlearn" else d.without_labels()
         with pytest.raises(NonFiniteLossError, match=name):
             get_method(name).fn(copy.deepcopy(original), view, cfg, device=d.device, callbacks=[])
     with pytest.raises(ValueError, match="lr"):
-        run_method("mixunlearn", original, d, MixUnlearnConfig(lr=1e30))
+        run_method("mixunlearn", original, d, MixUnlearnConfig(lr=lr))
 
 
 # --------------------------------------------------------------------------- smoke (property 18)

@@ -123,7 +123,9 @@ def test_a_failing_trial_is_recorded_failed_and_the_study_goes_on(home, tmp_path
     study = optuna.load_study(study_name=task().resolved().study_name,
                               storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     errors = [t.user_attrs["error"] for t in study.get_trials()]
-    assert "NonFiniteLossError" in errors[0] and "a bad combination" in errors[1]
+    # (a method function from outside the package is checked as a plugin's: PluginMethodError is a
+    # NonFiniteLossError that names the file)
+    assert ("NonFiniteLossError" in errors[0] or "NaN or infinite" in errors[0]) and "a bad combination" in errors[1]
     assert all(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials())
 
 

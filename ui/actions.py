@@ -7,15 +7,16 @@ import dataclasses
 import errno
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from mixunlearn import jobs
-from mixunlearn.datasets import dataset_names, get_info, is_available
-from mixunlearn.experiment import ExperimentConfig
 
 from . import state
+
+if TYPE_CHECKING:  # imported on use: the experiment module loads torch
+    from mixunlearn.experiment import ExperimentConfig
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -30,6 +31,8 @@ def data_folder_problem(text: str | os.PathLike | None) -> str | None:
     if not text:
         return None
     shown = _short(text)
+    from mixunlearn.datasets import dataset_names, is_available
+
     try:
         for name in dataset_names():  # the very look-ups the pages make
             is_available(name, text)
@@ -92,6 +95,8 @@ def experiment_running() -> bool:
 def start_experiment(cfg: ExperimentConfig, label: str, estimate_s: float | None = None) -> jobs.Job | None:
     """Validate ``cfg`` and submit it as this session's experiment job; on a bad input show an
     error and return None."""
+    from mixunlearn.datasets import get_info, is_available
+
     if experiment_running():
         st.warning("A run of this session is still in progress; wait for it or cancel it first.")
         return None

@@ -9,8 +9,6 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from mixunlearn import figures
-from mixunlearn.estimate import format_seconds
 from mixunlearn.jobs import CANCELLED, CANCELLING, DONE, FAILED, QUEUED, Job, JobView
 
 from . import state
@@ -21,6 +19,14 @@ SOURCE_TITLES = {"experiment": "setup", "original": "original model", "retrain":
 
 def _source_title(src: str, titles: dict[str, str]) -> str:
     return titles.get(src) or SOURCE_TITLES.get(src, src)
+
+
+def format_seconds(seconds: float) -> str:
+    """:func:`mixunlearn.estimate.format_seconds` (imported on use: the estimate module loads torch,
+    which the first paint of a page must not wait for)."""
+    from mixunlearn.estimate import format_seconds as fmt
+
+    return fmt(seconds)
 
 
 def elapsed_text(view: JobView) -> str:
@@ -68,6 +74,8 @@ def _source_bars(view: JobView, titles: dict[str, str]) -> None:
 
 
 def _curves(view: JobView, titles: dict[str, str]) -> None:
+    from mixunlearn import figures
+
     hist = {s: h for s, h in view.history.items() if s not in ("original", "retrain")}
     if not hist:
         return
@@ -80,6 +88,8 @@ def _curves(view: JobView, titles: dict[str, str]) -> None:
 
 def _live_generator(job: Job, view: JobView, titles: dict[str, str]) -> None:
     """The newest generator snapshot of each MixUnlearn source while it trains (λ = 0.5)."""
+    from mixunlearn import figures
+
     for src in job.progress.snapshot_sources():
         snaps = job.progress.snapshots(src)
         if not snaps:

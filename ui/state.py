@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import atexit
 import errno
 import logging
 import os
@@ -133,10 +132,9 @@ def warm_up_projections() -> None:
         except Exception:  # noqa: BLE001 - only a speed-up
             log.exception("UMAP warm-up failed")
 
-    thread = threading.Thread(target=work, name="mixunlearn-umap-warmup", daemon=True)
-    thread.start()
-    # Let a compile in progress finish at exit rather than tearing the thread down inside numba.
-    atexit.register(thread.join, 60.0)
+    # A daemon thread, never joined at exit: a compile in progress must not delay Ctrl-C (ui/shutdown.py
+    # ends the process without finalising the interpreter while it runs).
+    threading.Thread(target=work, name="mixunlearn-umap-warmup", daemon=True).start()
 
 
 def setup() -> dict[str, Any]:

@@ -13,8 +13,6 @@ from typing import Any
 import streamlit as st
 
 from mixunlearn.jobs import describe_error
-from mixunlearn.methods import field_specs, get_method, make_config
-from mixunlearn.methods.base import config_to_dict
 
 from . import state
 
@@ -132,6 +130,8 @@ def config_widgets(method: str, family: str | None, key_prefix: str, container=N
     """Widgets for every field of ``method``'s config, prefilled with its defaults for the model
     ``family`` (and ``prefill`` on top, e.g. tuned settings), with the field's help text; returns the
     chosen values by field name."""
+    from mixunlearn.methods import config_to_dict, field_specs, get_method, make_config  # torch: not on first paint
+
     spec = get_method(method)
     defaults = config_to_dict(make_config(method, family, prefill))
     box = container or st
@@ -175,6 +175,8 @@ def config_widgets(method: str, family: str | None, key_prefix: str, container=N
 def changed_values(method: str, family: str | None, values: dict[str, Any]) -> dict[str, Any]:
     """Only the values that differ from the method's defaults for ``family`` (kept small in the run
     config; the defaults are recorded by the run anyway)."""
+    from mixunlearn.methods import config_to_dict, make_config
+
     defaults = config_to_dict(make_config(method, family))
     out = {}
     for k, v in values.items():
