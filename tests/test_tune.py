@@ -144,10 +144,13 @@ class _Poison:
 
 def test_the_test_split_is_never_scored(home, tmp_path, monkeypatch):
     from mixunlearn import experiment
+    from mixunlearn.datahash import dataset_hash
     from mixunlearn.datasets import load_dataset
 
     narrow_finetune(monkeypatch)
-    poisoned = copy.copy(load_dataset("digits"))
+    digits = load_dataset("digits")
+    dataset_hash(digits)  # the data's fingerprint hashes the test tensors once per load (not a score); kept
+    poisoned = copy.copy(digits)  # (the copy shares the extras that keep it)
     poisoned.x_test, poisoned.y_test = _Poison(), _Poison()
     monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: poisoned)
     res = run_tuning(task(), 1, tmp_path / "s", write=lambda s: None)
