@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="copy best.json and the study to $MIXUNLEARN_HOME/tuned/ for the app")
     tu.add_argument("--estimate-only", action="store_true", help="print the per-trial estimate and stop")
     tu.add_argument("--quiet", action="store_true", help="no progress lines of the original/Retrain training")
+    tu.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="import this file's @register_method methods first (repeatable; docs/plugins.md)")
 
     ev = sub.add_parser("evaluate", help="strong evaluation from pools of N retrained and N unlearned models "
                                          "(challenge score, U-LiRA, relearn, probe) -> OUT/evaluation.json")
@@ -594,7 +596,8 @@ def cmd_tune(args) -> int:
     try:
         task = TuneTask(dataset=args.dataset, forget=args.forget, method=args.method.strip(), seeds=tuple(args.seeds),
                         recipe=args.recipe, model=args.model, device=args.device, data_root=args.data_root,
-                        download=not args.no_download, max_time_ratio=args.max_time_ratio).resolved()
+                        download=not args.no_download, max_time_ratio=args.max_time_ratio,
+                        plugins=tuple(args.plugin)).resolved()
     except ValueError as exc:
         raise ValueError(_shorten_inputs(str(exc), inputs)) from None
     out = Path(args.out)

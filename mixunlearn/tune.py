@@ -216,6 +216,7 @@ class TuneTask:
     data_root: str | None = None
     download: bool = True
     max_time_ratio: float = MAX_TIME_RATIO
+    plugins: tuple[str, ...] = ()  # plugin files (docs/plugins.md), imported wherever a trial runs
 
     def experiment(self, seed: int):
         """The resolved experiment config of one seed (validation split; Retrain and the method)."""
@@ -223,11 +224,16 @@ class TuneTask:
 
         return ExperimentConfig(dataset=self.dataset, forget=self.forget, methods=("retrain", self.method),
                                 seed=seed, model=self.model, recipe=self.recipe, device=self.device,
-                                data_root=self.data_root, eval_split="val", download=self.download).resolved()
+                                data_root=self.data_root, eval_split="val", download=self.download,
+                                plugins=tuple(self.plugins)).resolved()
 
     def resolved(self) -> TuneTask:
         from .methods import get_method
+        from .plugins import load_plugins
 
+        if self.plugins:  # absolute paths (a Ray worker's working folder may differ), imported first
+            self = dataclasses.replace(self, plugins=tuple(str(Path(f).expanduser().resolve()) for f in self.plugins))
+            load_plugins(self.plugins)
         get_method(self.method)
         if self.method == "retrain":
             raise ValueError("Retrain is the yardstick, not a method to tune; choose another --method")
@@ -256,12 +262,14 @@ class TuneTask:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["seeds"] = list(self.seeds)
+        d["plugins"] = list(self.plugins)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TuneTask:
         d = dict(d)
         d["seeds"] = tuple(d.get("seeds", (0,)))
+        d["plugins"] = tuple(d.get("plugins") or ())
         return cls(**d)
 
 

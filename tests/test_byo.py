@@ -443,3 +443,30 @@ def test_a_config_with_plugins_and_weights_round_trips_as_a_ray_worker_reads_it(
         ExperimentConfig.from_dict(cfg.to_dict()).resolved()
     plain = ExperimentConfig().resolved().to_dict()
     assert not {"plugins", "original", "original_sha256", "retrained", "retrained_sha256"} & set(plain)
+
+
+def test_tune_takes_plugins_and_its_task_carries_them_to_workers(tmp_path, capsys, clean_registry):
+    """`tune --plugin`: a plugin's method is tunable (its search space comes from its config), the
+    task a Ray worker receives names the plugin file, and a plugin whose import raises is exit 2."""
+    from mixunlearn.tune import TuneTask
+
+    good = write(tmp_path / "tunable.py", """
+        from dataclasses import dataclass
+        from mixunlearn.methods import MethodConfig, param, register_method
+
+        @dataclass(frozen=True)
+        class KeepConfig(MethodConfig):
+            lr: float = param(0.01, "a learning rate", min=1e-4, max=1.0, log=True)
+
+        @register_method("tunable_keep", config=KeepConfig, labels="aware", summary="keeps the model", paper="-")
+        def keep(model, data, cfg, *, device, callbacks):
+            return model
+    """)
+    task = TuneTask(dataset="digits", forget="class:0", method="tunable_keep", plugins=(str(good),)).resolved()
+    assert task.plugins == (str(good.resolve()),) and [d.name for d in task.space()] == ["lr"]
+    back = TuneTask.from_dict(json.loads(json.dumps(task.to_dict())))  # what a Ray worker reads
+    assert back == task and back.experiment(0).plugins == (str(good.resolve()),)
+    bad = write(tmp_path / "bad_tune.py", "raise ImportError('needs a GPU library')\n")
+    rc, _, err = cli(["tune", "--method", "finetune", "--plugin", bad, "--trials", "1", "--out", tmp_path / "s"],
+                     capsys)
+    assert "bad_tune.py" in one_line(rc, err) and not (tmp_path / "s" / "study.db").exists()
