@@ -125,7 +125,8 @@ def main() -> None:
         return
     # $MIXUNLEARN_HOME/plugins/*.py: their methods join the registry (Setup lists them); with no
     # plugin files this imports nothing heavy, so the first paint stays quick
-    load_home_plugins()
+    if not problem:  # (the Learn page's toy runs without a usable home: no plugins then)
+        load_home_plugins()
     state.reattach_jobs()  # a reloaded tab finds its running job through the URL
     sidebar_status(state.K_EXPERIMENT_JOB)
     try:

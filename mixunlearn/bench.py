@@ -238,11 +238,14 @@ def run_bench(cfgs: Sequence[ExperimentConfig], out: str | Path, callbacks: list
             _say(callbacks, f"reusing {len(kept)} method(s) from {path}; running {', '.join(to_run)}")
             sub = dataclasses.replace(cfg, methods=("retrain", *to_run),
                                       params={k: v for k, v in cfg.params.items() if k in to_run})
-            part = run_experiment(sub, callbacks=callbacks, data=data).to_json()
+            part = run_experiment(sub, callbacks=callbacks, data=data, analyses=False).to_json()
             res = merge_records(cfg, doc, part)
             write_seed(path, res)
         else:
-            res = run_experiment(cfg, callbacks=callbacks, data=data).to_json()
+            # A seed file holds the metrics (ToW included) the tables need; the per-model diagnostics
+            # (per-class accuracy, prediction matrices, CKA) are a single run's (`run`), on both the
+            # serial and the Ray path, so their seed files are the same.
+            res = run_experiment(cfg, callbacks=callbacks, data=data, analyses=False).to_json()
             write_seed(path, res)
         results.append(res)
     return write_tables(results, out)

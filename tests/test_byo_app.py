@@ -70,7 +70,8 @@ def test_an_image_folder_is_chosen_by_path_and_a_bad_one_is_a_message(tmp_path):
     at.text_input(key="setup_own_path").set_value(str(good)).run()
     assert not at.exception and not at.error, _texts(at.error)
     assert at.selectbox(key="setup_model").value == "cnn2"
-    assert at.selectbox(key="setup_class").options == ["0: one", "1: two", "2: zero"]
+    (classes,) = [w for w in at.selectbox if str(w.key).startswith("setup_class_imagefolder:")]  # keyed on the data
+    assert classes.options == ["0: one", "1: two", "2: zero"]
     assert f"--dataset imagefolder:{good}" in _texts(at.markdown)
     from ui.state import K_SETUP
 

@@ -87,10 +87,11 @@ def scrub_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     summary="student of the frozen f_D: max KL on D_f (first msteps epochs), min γ·CE + α·KL on D_r",
     paper="Kurmanji et al., NeurIPS 2023",
 )
-def scrub(model, data, cfg: ScrubConfig, *, device, callbacks):
+def scrub(model, data, cfg: ScrubConfig, *, device, callbacks, name: str = "scrub"):
+    """``name``: the method the progress and a failure name (SCRUB+R runs this function as itself)."""
     n_max = min(cfg.msteps, cfg.epochs) * steps_per_epoch(len(data.forget_idx), cfg.forget_batch_size)
     n_min = cfg.epochs * steps_per_epoch(len(data.retain_idx), cfg.retain_batch_size)
-    loop = MethodLoop("scrub", data, callbacks, n_max + n_min, augment=cfg.augment, model=model)
+    loop = MethodLoop(name, data, callbacks, n_max + n_min, augment=cfg.augment, model=model)
     teacher = make_teacher(model)
     opt = make_optimizer(model.parameters(), "sgd", cfg.lr, cfg.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -34,7 +34,6 @@ only by the rewind.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +88,7 @@ def scrub_r(model, data, cfg: ScrubRConfig, *, device, callbacks):
         if event.data.get("pass") == "min" and event.model is not None:
             checkpoints.append({k: v.detach().clone() for k, v in event.model.state_dict().items()})
 
-    def renamed(cb):
-        return lambda event: cb(dataclasses.replace(event, source="scrub_r"))
-
-    final = scrub(model, data, cfg, device=device, callbacks=[keep, *(renamed(cb) for cb in callbacks or ())])
+    final = scrub(model, data, cfg, device=device, callbacks=[keep, *(callbacks or ())], name="scrub_r")
     if len(checkpoints) != cfg.epochs + 1:
         raise RuntimeError(f"scrub_r: expected {cfg.epochs + 1} checkpoints, got {len(checkpoints)}")
     reference = reference_error(final, data)
