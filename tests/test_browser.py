@@ -107,6 +107,16 @@ def _no_exception(page) -> None:
     assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id("stException").first.inner_text()
 
 
+def _where_they_differ(page) -> None:
+    """Compare's views of where each method differs from Retrain are drawn: the class-wise heat map,
+    the prediction matrices, the layer-wise CKA and the attack's score distributions (charts)."""
+    from playwright.sync_api import expect
+
+    for heading in ("Where each method differs from Retrain", "The membership attack's view"):
+        expect(page.get_by_text(heading, exact=True)).to_be_visible(timeout=60_000)
+    expect(page.locator(".js-plotly-plot").nth(5)).to_be_attached(timeout=60_000)  # the metric charts + 4 views
+
+
 def test_default_demo_in_a_real_browser(server):
     from playwright.sync_api import expect, sync_playwright
 
@@ -145,6 +155,7 @@ def test_default_demo_in_a_real_browser(server):
             table = page.get_by_test_id("stDataFrame")
             expect(table.first).to_be_visible(timeout=60_000)
             expect(page.get_by_text("Protocol B metrics")).to_be_visible(timeout=60_000)
+            _where_they_differ(page)
             _no_exception(page)
             _shot(page, "compare")
 
