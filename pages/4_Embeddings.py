@@ -54,7 +54,13 @@ if picked is not None:
                     actions.start_projection(run_id, method, pack.features, int((row.config or {}).get("seed", 0)))
             st.info(f"Computing the {analysis.PROJECTION_TITLES[method]} projection of this run (once; it is cached "
                     f"with the run). The first UMAP in a fresh app process also compiles its kernels (~15 s).")
-            show_job(key, curves=False, cancel=False)
+            shown = show_job(key, curves=False, cancel=False)
+            if shown is not None and shown.view(with_history=False).state == "done":
+                # It finished before this draw (a PCA takes well under a second), so the poll that
+                # redraws the page on completion never ran: draw the stored projection now.
+                done = state.store().load_artifact(run_id, f"proj-{method}")
+                if done is not None and all(m in done for m in pack.models):
+                    st.rerun()
         else:
             layouts = {m: cached[m].numpy() for m in pack.models}
             preds = {m: analysis.test_predictions(pack, m) for m in pack.models}

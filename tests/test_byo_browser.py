@@ -60,7 +60,7 @@ def test_an_image_folder_and_a_plugin_method_in_a_real_browser(request, tmp_path
 
             _goto(page, "Compare")
             expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=120_000)
-            expect(page.get_by_text("Head tune").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_test_id("stDataFrame").first).to_contain_text("Head tune", timeout=60_000)
             _no_exception(page)
             _goto(page, "Embeddings")
             pca = page.get_by_test_id("stRadio").get_by_text("PCA", exact=True)
