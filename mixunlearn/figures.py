@@ -633,7 +633,7 @@ def per_class_heatmap(per_class: Mapping[str, Mapping[str, float | None]], *, re
                                colorbar=dict(title="Δ to<br>Retrain"),
                                hovertemplate="%{y}, class %{x}: %{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="class ((D_f): has examples in the forget set) · test accuracy %, difference to "
+    fig.update_xaxes(title_text="class, (D_f): in the forget set · test accuracy %, difference to "
                           "Retrain in brackets", type="category")
     return _layout(fig, title, 110 + 42 * len(names))
 

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from test_baselines_b import _same_state, _state
 from torch.nn import functional as F
 
 from mixunlearn.methods import _last_k as lk
@@ -20,20 +21,6 @@ from mixunlearn.methods._loop import MethodLoop
 from mixunlearn.models import build_model
 
 
-@pytest.fixture(scope="module")
-def task(digits_class3):
-    data, original, _ = digits_class3
-    return data.subset(300, 80, seed=1), original
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _same_state(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @torch.no_grad()
 def _forget_acc(model, data) -> float:
     model.eval()
@@ -41,6 +28,13 @@ def _forget_acc(model, data) -> float:
 
 
 # --------------------------------------------------------------------------- DELETE
+
+
+@pytest.fixture(scope="module")
+def task(digits_class3):
+    """The same digits task as tests/test_baselines_b.py's."""
+    data, original, _ = digits_class3
+    return data.subset(300, 80, seed=1), original
 
 
 def test_delete_target_puts_zero_mass_on_each_samples_own_label():
