@@ -57,27 +57,63 @@ def study_dir(out: Path, forget: str, method: str) -> Path:
     return out / "tune" / folder(forget) / method
 
 
+def studies(args) -> list[tuple[str, str]]:
+    """Every (setting, method) study, in order; with ``--part I/N`` every N-th from the I-th."""
+    pairs = [(forget, method) for forget in args.settings for method in methods_for(forget, args.methods)]
+    i, n = args.part
+    return pairs[i::n]
+
+
+def tune_jobs(args) -> int:
+    """``--jobs N``: N processes of this script (``--part 0/N`` ... ``N-1/N``), each with ``--threads``
+    torch threads, over disjoint shares of the studies; their lines go to this process's output."""
+    base = [a for a in sys.argv[1:]]
+    drop = {"--jobs"}
+    cmd, skip = [], False
+    for a in base:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if a.startswith("--jobs="):
+            continue
+        cmd.append(a)
+    procs = [subprocess.Popen([sys.executable, __file__, *cmd, "--phase", "tune", "--part", f"{i}/{args.jobs}"],
+                              cwd=ROOT) for i in range(args.jobs)]
+    try:
+        return max(p.wait() for p in procs)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+
+
 def tune_phase(args, out: Path) -> None:
     from mixunlearn.tune import TuneTask, run_tuning
 
-    for forget in args.settings:
-        for method in methods_for(forget, args.methods):
-            task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
-                            recipe=RECIPE, device=args.device, download=DATASET == "digits",
-                            max_time_ratio=args.max_time_ratio)
-            where = study_dir(out, forget, method)
-            start = time.time()
-            say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
-            if args.ray:
-                from mixunlearn import ray_grid, tune_ray
+    if args.threads and not args.ray:
+        import torch
 
-                ray_grid.connect(args.ray)
-                res = tune_ray.run_tuning_ray(task, args.trials, where, threads=args.threads, write=say)
-            else:
-                res = run_tuning(task, args.trials, where, write=say)
-            b = res.best
-            print(f"[{forget} {method}] {b['trials']} complete, {b['failed']} failed, best gap {b['gap']}, "
-                  f"{res.ran} trial(s) this run in {time.time() - start:.0f} s", flush=True)
+        torch.set_num_threads(args.threads)
+    for forget, method in studies(args):
+        task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
+                        recipe=RECIPE, device=args.device, download=DATASET == "digits",
+                        max_time_ratio=args.max_time_ratio)
+        where = study_dir(out, forget, method)
+        start = time.time()
+        say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
+        if args.ray:
+            from mixunlearn import ray_grid, tune_ray
+
+            ray_grid.connect(args.ray)
+            res = tune_ray.run_tuning_ray(task, args.trials, where, threads=args.threads or 1, write=say)
+        else:
+            res = run_tuning(task, args.trials, where, write=say)
+        b = res.best
+        print(f"[{forget} {method}] {b['trials']} complete, {b['failed']} failed, best gap {b['gap']}, "
+              f"{res.ran} trial(s) this run in {time.time() - start:.0f} s", flush=True)
 
 
 def bench_cmd(out_dir: Path, forget: str, methods: list[str], seeds: list[int], params_from: list[Path],
@@ -108,7 +144,7 @@ def tables_phase(args, out: Path) -> None:
         if not (floor / "floor.json").is_file():
             subprocess.run([sys.executable, "bench/retrain_floor.py", "--dataset", DATASET, "--forget", forget,
                             "--seeds", ",".join(map(str, args.seeds)), "--recipe", RECIPE, "--out", str(floor),
-                            "--threads", str(args.threads)], check=True, cwd=ROOT)
+                            "--threads", str(args.threads or 1)], check=True, cwd=ROOT)
         text = comparison(base, forget, out)
         (base / "comparison.md").write_text(text + "\n")
         print(text, flush=True)
@@ -170,7 +206,7 @@ def status(args, out: Path) -> None:
         for method in methods_for(forget, args.methods):
             best = study_dir(out, forget, method) / "best.json"
             b = json.loads(best.read_text()) if best.is_file() else {}
-            n = b.get("trials", 0) + b.get("failed", 0)
+            n = b.get("trials", 0) + b.get("failed", 0) + b.get("stopped_over_cap", 0)
             wall = b.get("trial_wall_seconds_mean")
             if wall:
                 walls.append(wall)
@@ -200,7 +236,12 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2", help="test-split seeds of the tables")
     p.add_argument("--max-time-ratio", type=float, default=0.3)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1, help="on Ray: threads and CPUs per trial")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of a trial (on Ray also its CPUs; default there 1, here torch's own)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="phase tune: this many processes at once over disjoint studies (use --threads 1 "
+                        "with --jobs = cores: small CNNs run faster side by side than threaded)")
+    p.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="trials and bench cells on Ray")
     p.add_argument("--status", action="store_true", help="print what is done and stop")
     args = p.parse_args()
@@ -208,13 +249,20 @@ def main() -> int:
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
     args.tune_seeds = [int(s) for s in args.tune_seeds.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    i, n = (int(x) for x in args.part.split("/"))
+    args.part = (i, n)
     DATASET, RECIPE = args.dataset, args.recipe
     out = Path(args.out)
     if args.status:
         status(args, out)
         return 0
     if args.phase in ("tune", "all"):
-        tune_phase(args, out)
+        if args.jobs > 1 and not args.ray:
+            rc = tune_jobs(args)
+            if rc:
+                return rc
+        else:
+            tune_phase(args, out)
     if args.phase in ("tables", "all"):
         tables_phase(args, out)
     return 0

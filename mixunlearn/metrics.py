@@ -187,11 +187,13 @@ def evaluate(
     seed: int | None = None,
     attacks: bool = True,
     keep: dict | None = None,
+    mia: bool = True,
 ) -> dict[str, float]:
     """Every metric of EVALUATION.md for one model on one task (labels are read here even for
     label-agnostic methods: evaluation may use them). ``keep``: a dict that receives the logits
     (``logits_train``, ``logits_test``) and the fitted ASR attacker (``attacker``), so the run's
-    diagnostics reuse them instead of computing them again."""
+    diagnostics reuse them instead of computing them again. ``mia=False`` leaves out MIA-efficacy
+    (its SVM is about half of this function's time and in no gap's metric set; tuning skips it)."""
     if data.y_train is None or data.y_test is None:
         raise ValueError("evaluation needs the labelled task, not a label-agnostic view")
     seed = data.seed if seed is None else seed
@@ -215,10 +217,11 @@ def evaluate(
     if attacks:
         p_train, p_test = logits_train.softmax(1), logits_test.softmax(1)
         out["asr"] = attack_success_rate(p_train[r_idx], p_train[f_idx], p_test, seed, keep=keep)
-        conf_train = p_train.gather(1, y_train[:, None]).squeeze(1)
-        conf_test = p_test.gather(1, y_test[:, None]).squeeze(1)
-        nonmember = ~test_f_mask if data.spec.kind == "class" else torch.ones_like(test_f_mask)
-        out["mia_efficacy"] = mia_efficacy(conf_train[r_idx], conf_test[nonmember], conf_train[f_idx], seed)
+        if mia:
+            conf_train = p_train.gather(1, y_train[:, None]).squeeze(1)
+            conf_test = p_test.gather(1, y_test[:, None]).squeeze(1)
+            nonmember = ~test_f_mask if data.spec.kind == "class" else torch.ones_like(test_f_mask)
+            out["mia_efficacy"] = mia_efficacy(conf_train[r_idx], conf_test[nonmember], conf_train[f_idx], seed)
     return out
 
 

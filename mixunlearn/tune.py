@@ -19,7 +19,10 @@
   ``constraints_func``; TPE ranks infeasible trials below every feasible one). Retrain's time is
   measured in the process that runs the trials: Retrain's own training when it ran there, else a
   timed slice of it (whole epochs of the real training loop on D_r, scaled to the recipe's epochs;
-  :func:`retrain_seconds_here`).
+  :func:`retrain_seconds_here`). A trial other than trial 0 is stopped as soon as it can no longer
+  meet the cap (its method time summed over the seeds passes the cap × Retrain's summed): it is
+  stored as *pruned* with the constraint it had reached (a lower bound) and counts as a trial.
+  The outcome is the one a full run would give (infeasible); only the time is saved.
 - **Failures.** A trial that raises (NaN loss, a bad combination, anything) is stored as failed
   with its message; the study goes on.
 - **Resume.** The study lives in ``OUT/study.db`` (SQLite) or ``storage``; running the same
@@ -45,6 +48,7 @@ from typing import Any
 
 import torch
 
+from .progress import RunCancelled
 from .utils import atomic_write_text
 
 MAX_TIME_RATIO = 0.3  # a trial slower than this × Retrain (same process) is infeasible
@@ -343,26 +347,69 @@ def retrain_seconds_here(task: TuneTask, data, seed: int, min_seconds: float = 3
     return _RETRAIN_SECONDS[key][0]
 
 
-def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping[str, Any]) -> dict[str, Any]:
+class OverTimeCap(RunCancelled):
+    """Raised by :class:`_Cap` when a trial can no longer meet the time cap."""
+
+
+class _Cap:
+    """A progress callback that stops the method once ``budget`` seconds have passed since it was
+    made (the trial is then infeasible whatever the rest of the run would give)."""
+
+    def __init__(self, budget: float):
+        self.budget, self.start = budget, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, event) -> None:
+        if self.elapsed() > self.budget:
+            raise OverTimeCap(f"over the time cap after {self.elapsed():.1f} s")
+
+
+def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping[str, Any], *,
+                    stop_over_cap: bool = False) -> dict[str, Any]:
     """Run the method with ``params`` on every seed and score it on the validation split.
 
     Returns ``{"gap", "seconds", "retrain_seconds", "time_ratio", "per_seed"}`` or
-    ``{"error": message}`` when the run raised or a score is not finite (never raises for those)."""
+    ``{"error": message}`` when the run raised or a score is not finite (never raises for those).
+
+    ``stop_over_cap``: stop the trial as soon as the method's time summed over the seeds passes
+    ``max_time_ratio`` × Retrain's summed over the seeds -- the point from which the trial's time
+    ratio (mean seconds / mean Retrain seconds) is over the cap whatever the rest would take. The
+    result then has ``"over_cap": True``, no gap, and ``seconds`` / ``time_ratio`` that are lower
+    bounds. (Trial 0, the shipped defaults, is always run to the end: its gap is the table's.)"""
     from .methods import make_config, run_method
-    from .metrics import evaluate, gap_to_retrain
+    from .metrics import evaluate, gap_to_retrain, metric_set
     from .utils import resolve_device, seed_everything
 
     per_seed = []
     started = time.perf_counter()
+    spent = 0.0
+    level = setups[0].data.spec.level if setups else "class"
+    mia = "mia_efficacy" in metric_set(level)  # MIA-efficacy's SVM only where the gap reads it
     try:
         cfg = make_config(task.method, task.family, dict(params))
         for s in setups:
-            assert s.data.eval_split == "val", "tuning scores the validation split only"
             if s.timed:
                 s.retrain_seconds = retrain_seconds_here(task, s.data, s.seed)
+        budget = task.max_time_ratio * sum(s.retrain_seconds for s in setups)
+        for s in setups:
+            assert s.data.eval_split == "val", "tuning scores the validation split only"
             seed_everything(s.seed)
-            res = run_method(task.method, s.original, s.data, cfg, device=resolve_device(task.device))
-            metrics = evaluate(res.model, s.data, s.seed)
+            cap = _Cap(budget - spent) if stop_over_cap else None
+            try:
+                res = run_method(task.method, s.original, s.data, cfg, device=resolve_device(task.device),
+                                 callbacks=[cap] if cap else None)
+            except OverTimeCap:
+                spent += cap.elapsed()
+                n = len(setups)
+                return {"over_cap": True, "seconds": spent / n,
+                        "retrain_seconds": sum(x.retrain_seconds for x in setups) / n,
+                        "time_ratio": spent / max(budget / task.max_time_ratio, 1e-12),
+                        "stopped_at_seed": s.seed, "per_seed": per_seed,
+                        "wall_seconds": time.perf_counter() - started}
+            spent += res.seconds
+            metrics = evaluate(res.model, s.data, s.seed, mia=mia)
             gap = gap_to_retrain(metrics, s.retrain_metrics, s.data.spec.level)
             if not math.isfinite(gap):
                 raise FloatingPointError(f"seed {s.seed}: the gap to Retrain is not finite ({gap})")
@@ -414,11 +461,12 @@ def open_study(task: TuneTask, storage: str, seed: int = 0):
 
 
 def counted(study) -> list:
-    """The finished trials that count toward ``--trials`` (complete or failed, not interrupted)."""
+    """The finished trials that count toward ``--trials`` (complete, failed, or stopped over the time
+    cap; not interrupted)."""
     import optuna
 
     states = optuna.trial.TrialState
-    return [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL))
+    return [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL, states.PRUNED))
             if not t.user_attrs.get("interrupted")]
 
 
@@ -434,6 +482,16 @@ def tell(study, trial, result: Mapping[str, Any]) -> str:
         trial.set_user_attr(k, float(result[k]))
     # Feasible when <= 0: the time cap as an Optuna constraint, read by the TPE sampler.
     trial.set_constraint("time", float(result["time_ratio"]) - study_task(study).max_time_ratio)
+    if result.get("over_cap"):
+        # Stopped once it could no longer meet the cap: infeasible, no gap; its time is a lower bound.
+        trial.set_user_attr("over_cap", True)
+        trial.set_user_attr("stopped_at_seed", int(result["stopped_at_seed"]))
+        trial.set_user_attr("per_seed", result["per_seed"])
+        trial.set_user_attr("wall_seconds", float(result.get("wall_seconds", 0.0)))
+        trial.set_user_attr("where", result.get("where", ""))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return (f"trial {trial.number}: stopped over the time cap (≥ {result['time_ratio']:.3f}× Retrain, "
+                f"infeasible)")
     trial.set_user_attr("per_seed", result["per_seed"])
     trial.set_user_attr("wall_seconds", float(result.get("wall_seconds", 0.0)))  # the method and its scoring
     trial.set_user_attr("where", result.get("where", ""))
@@ -465,16 +523,19 @@ def summary(study) -> dict[str, Any]:
     task = study_task(study)
     trials = counted(study)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    stopped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     best = best_trial(study)
     shipped = next((t for t in done if t.user_attrs.get("shipped")), None)
     ratios = [t.user_attrs["time_ratio"] for t in done if "time_ratio" in t.user_attrs]
     secs = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
-    walls = [t.user_attrs["wall_seconds"] for t in done if t.user_attrs.get("wall_seconds")]
+    # (the wall seconds of stopped trials too: what a trial costs is what the estimate needs)
+    walls = [t.user_attrs["wall_seconds"] for t in done + stopped if t.user_attrs.get("wall_seconds")]
     return {
         "method": task.method, "dataset": task.dataset, "forget": task.forget, "recipe": task.recipe,
         "params": dict(best.params) if best else {},
         "gap": best.value if best else None,
-        "trials": len(done), "failed": len(trials) - len(done),
+        "trials": len(done), "failed": len(trials) - len(done) - len(stopped),
+        "stopped_over_cap": len(stopped),
         "best_trial": best.number if best else None,
         "shipped_gap": shipped.value if shipped else None,
         "best_is_shipped": bool(best is not None and best.user_attrs.get("shipped")),
@@ -482,7 +543,7 @@ def summary(study) -> dict[str, Any]:
         "trial_seconds_mean": sum(secs) / len(secs) if secs else None,
         "trial_time_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
         "trial_wall_seconds_mean": sum(walls) / len(walls) if walls else None,
-        "infeasible": sum(r > task.max_time_ratio for r in ratios),
+        "infeasible": sum(r > task.max_time_ratio for r in ratios) + len(stopped),
         "max_time_ratio": task.max_time_ratio, "seeds": list(task.seeds), "model": task.model,
         "family": task.family, "eval_split": "val", "study_name": task.study_name,
         "level": _level(task.forget),
@@ -563,7 +624,10 @@ def run_tuning(task: TuneTask, trials: int, out: str | Path, *, storage: str | N
         for _ in range(todo):
             trial = study.ask()
             params = suggest(trial, dims)
-            result = (evaluate or evaluate_params)(task, setups, params)
+            if evaluate is None:
+                result = evaluate_params(task, setups, params, stop_over_cap=not trial.user_attrs.get("shipped"))
+            else:
+                result = evaluate(task, setups, params)
             line = tell(study, trial, result)
             lines.append(line)
             write(line)

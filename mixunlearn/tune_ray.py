@@ -40,7 +40,8 @@ _ORIGINALS: dict[tuple, Any] = {}
 
 
 @ray.remote(max_retries=MAX_RETRIES)
-def trial_cell(task_dict: dict, params: dict, heads: list[dict], originals: list[bytes], threads: int) -> dict:
+def trial_cell(task_dict: dict, params: dict, heads: list[dict], originals: list[bytes], threads: int,
+               stop_over_cap: bool = True) -> dict:
     """One trial on a worker: the method with ``params`` on every tuning seed (validation split),
     scored against each seed's Retrain metrics (``heads``)."""
     from safetensors.torch import load
@@ -66,7 +67,7 @@ def trial_cell(task_dict: dict, params: dict, heads: list[dict], originals: list
             _ORIGINALS[key] = model.to(device).eval()
         setups.append(SeedSetup(head["seed"], data, _ORIGINALS[key], head["retrain_metrics"],
                                 retrain_seconds_here(task, data, head["seed"]), timed=True))
-    result = evaluate_params(task, setups, params)
+    result = evaluate_params(task, setups, params, stop_over_cap=stop_over_cap)
     result["where"] = _where()
     return result
 
@@ -101,7 +102,8 @@ def run_tuning_ray(task: TuneTask, trials: int, out: str | Path, *, storage: str
                 while asked < todo and len(pending) < slots:
                     trial = study.ask()
                     params = suggest(trial, dims)
-                    ref = trial_cell.options(**opts).remote(task.to_dict(), params, heads, originals, threads)
+                    ref = trial_cell.options(**opts).remote(task.to_dict(), params, heads, originals, threads,
+                                                                 not trial.user_attrs.get("shipped"))
                     pending[ref] = trial
                     asked += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 
 import optuna
 import pytest
@@ -193,3 +194,48 @@ def test_params_from_applies_and_refuses(home, tmp_path, capsys):
                "--out", str(tmp_path / "b")])
     assert rc == 2 and "not in the run" in capsys.readouterr().err
     assert not (tmp_path / "no").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_trial_over_the_time_cap_is_stopped_early_and_recorded_infeasible(home, tmp_path, monkeypatch):
+    """Trial 0 (shipped) always runs to the end; a later trial stops at the first progress report
+    once the method's time passes the cap x Retrain's, and is stored pruned with its constraint."""
+    from mixunlearn.methods import base
+    from mixunlearn.progress import ProgressEvent, emit
+
+    narrow_finetune(monkeypatch)
+    spec = base.get_method("finetune")
+    steps: list[int] = []
+
+    def slow(model, data, cfg, *, device, callbacks):
+        done = 0
+        for i in range(20):
+            time.sleep(0.02)
+            done += 1
+            emit(callbacks, ProgressEvent("finetune", "unlearn", i + 1, 20))
+        steps.append(done)
+        return model
+
+    monkeypatch.setitem(base._REGISTRY, "finetune", dataclasses.replace(spec, fn=slow))
+    tiny = task(max_time_ratio=1e-6)  # any run is over this cap
+    res = run_tuning(tiny, 2, tmp_path / "s", write=lambda s: None)
+    assert steps == [20]  # the shipped trial ran whole; the next one stopped at once
+    study = optuna.load_study(study_name=tiny.resolved().study_name, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    first, second = study.get_trials()
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.user_attrs["shipped"]
+    assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["over_cap"]
+    assert second.user_attrs["time_ratio"] > 1e-6 and second.system_attrs  # infeasible, constraint stored
+    b = res.best
+    assert b["trials"] == 1 and b["stopped_over_cap"] == 1 and b["failed"] == 0 and b["infeasible"] == 2
+    assert b["best_is_shipped"] and b["gap"] == first.value
+    assert run_tuning(tiny, 2, tmp_path / "s", write=lambda s: None).ran == 0  # a stopped trial counts
+
+
+def test_evaluate_without_mia_efficacy_keeps_every_other_metric(home):
+    from mixunlearn.metrics import evaluate, gap_to_retrain
+    from mixunlearn.tune import prepare_seed
+
+    s = prepare_seed(task().resolved(), 0)
+    full, lean = evaluate(s.original, s.data, 0), evaluate(s.original, s.data, 0, mia=False)
+    assert "mia_efficacy" in full and "mia_efficacy" not in lean
+    assert {k: v for k, v in full.items() if k != "mia_efficacy"} == lean
+    assert gap_to_retrain(lean, s.retrain_metrics, "class") == gap_to_retrain(full, s.retrain_metrics, "class")
