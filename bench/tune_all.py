@@ -187,6 +187,10 @@ def comparison(base: Path, forget: str, out: Path) -> str:
             cells = [f"{_f(r.get(k))} ± {_f(r.get(k + '_std'))}" for k in keys]
             lines.append("| " + " | ".join([name, label, *cells, _f(r.get("gap_to_retrain")),
                                             _f(r.get("time_ratio_to_retrain"), 3), val]) + " |")
+    if "scrub_r" in shipped:
+        lines += ["", "SCRUB+R picks one of its epochs + 1 checkpoints by the error on held-out examples of the "
+                      "forget set's classes; the only held-out data is the evaluation split, so on these test-split "
+                      "rows that choice reads test labels (on validation, in its study, it does not)."]
     floor = base / "floor" / "floor.json"
     if floor.is_file():
         doc = json.loads(floor.read_text())

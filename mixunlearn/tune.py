@@ -146,6 +146,12 @@ def search_space(method: str, family: str | None) -> list[Dim]:
     defaults = config_to_dict(make_config(method, family))
     dims: list[Dim] = []
     hints = typing.get_type_hints(spec.config_cls)
+    per_family: dict[str, tuple[float, float]] = {}
+    if family:
+        table = getattr(spec.config_cls, "TUNE_RANGES", {})
+        per_family.update(table.get(family.split(":", 1)[0], {}))
+        if ":" in family:
+            per_family.update(table.get(family, {}))
     for f in dataclasses.fields(spec.config_cls):
         meta = f.metadata
         if not meta.get("tune", True):
@@ -153,7 +159,7 @@ def search_space(method: str, family: str | None) -> list[Dim]:
         t = _base_type(hints.get(f.name, f.type))
         d = defaults[f.name]
         lo, hi, log, choices = meta.get("min"), meta.get("max"), bool(meta.get("log")), meta.get("choices")
-        given = meta.get("tune_range")
+        given = per_family.get(f.name, meta.get("tune_range"))
         if t is bool:
             dims.append(Dim(f.name, "bool", choices=(False, True), default=d))
         elif choices:

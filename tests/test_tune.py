@@ -239,3 +239,16 @@ def test_evaluate_without_mia_efficacy_keeps_every_other_metric(home):
     assert "mia_efficacy" in full and "mia_efficacy" not in lean
     assert {k: v for k, v in full.items() if k != "mia_efficacy"} == lean
     assert gap_to_retrain(lean, s.retrain_metrics, "class") == gap_to_retrain(full, s.retrain_metrics, "class")
+
+
+def test_last_k_spaces_stop_at_the_models_layer_count():
+    """EU-k / CF-k: every k the space can draw exists in the family's model (a k past the last layer
+    is a failed trial, not a point of the space)."""
+    from mixunlearn.methods._last_k import layer_units
+    from mixunlearn.models import build_model
+
+    for family, model in (("digits", "digits_cnn"), ("cnn", "cnn2"), ("cnn:fast", "cnn2"), ("resnet", "resnet18")):
+        layers = len(layer_units(build_model(model)))
+        for method in ("eu_k", "cf_k"):
+            k = {d.name: d for d in search_space(method, family)}["k"]
+            assert 1 <= k.low and k.high == layers, (method, family, k, layers)

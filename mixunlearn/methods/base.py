@@ -52,6 +52,9 @@ class MethodConfig:
     of that budget profile (training.budget_profile), applied on top of the family's."""
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Per family (and ``family:budget``), a field's range for tuning where the model bounds it (e.g. a
+    # layer count): ``{"cnn": {"k": (1, 5)}}``; read by mixunlearn.tune.search_space over tune_range.
+    TUNE_RANGES: ClassVar[dict[str, dict[str, tuple[float, float]]]] = {}
 
     def setup_images(self, n_retain: int) -> int:
         """Retain images the original model classifies before this config's run starts (a forward

@@ -41,6 +41,8 @@ class CFkConfig(MethodConfig):
     lr_decay_rate: float = param(0.1, "learning-rate factor per passed milestone [ref]", min=0.0, max=1.0)
     augment: bool = param(False, "use the original training's augmentation (ResNet-18: on)")
 
+    # k cannot exceed the model's layer count (methods/_last_k.py: digits 5, 2-conv CNN 5, ResNet-18 6).
+    TUNE_RANGES = {"digits": {"k": (1, 5)}, "cnn": {"k": (1, 5)}, "resnet": {"k": (1, 6)}}
     FAMILY_DEFAULTS = {
         "cnn": {"k": 4},
         "resnet": {"k": 2, "augment": True},
