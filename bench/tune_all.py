@@ -38,6 +38,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DATASET = "fashion_mnist"
 SETTINGS = ("class:0", "data:5-9:0.4")
 RECIPE = "cnn_fast"
+# Order of the shipped gaps (docs/benchmarks.md, the fast recipe's table and the new methods' rows).
+FIRST = "mixunlearn,l1_sparse,mixunlearn_agnostic,finetune,scrub,random_label,salun,cf_k,scrub_r,sfr_on,eu_k"
 
 
 def methods_for(forget: str, only: list[str] | None) -> list[str]:
@@ -58,15 +60,54 @@ def study_dir(out: Path, forget: str, method: str) -> Path:
 
 
 def studies(args) -> list[tuple[str, str]]:
-    """Every (setting, method) study, in order; with ``--part I/N`` every N-th from the I-th."""
+    """Every (setting, method) study, in the order the workers take them."""
     pairs = [(forget, method) for forget in args.settings for method in methods_for(forget, args.methods)]
-    i, n = args.part
-    return pairs[i::n]
+    # --first: these methods' studies before the others (per setting, settings in order), so that a
+    # partial sweep has tuned the methods closest to Retrain at their shipped settings first.
+    first = [m for m in (args.first or "").split(",") if m]
+    rank = {m: i for i, m in enumerate(first)}
+    order = {f: i for i, f in enumerate(args.settings)}
+    pairs.sort(key=lambda p: (order[p[0]], rank.get(p[1], len(rank))))  # (stable: registry order after)
+    return pairs
+
+
+def claim(where: Path) -> bool:
+    """Take the study in ``where`` for this process (``--jobs``: the workers walk the same ordered
+    list and each takes the next study nobody holds); False when a live process holds it."""
+    where.mkdir(parents=True, exist_ok=True)
+    lock = where / ".worker"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its process is gone
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(where: Path) -> None:
+    lock = where / ".worker"
+    try:
+        if int(lock.read_text() or 0) == os.getpid():
+            lock.unlink()
+    except (ValueError, FileNotFoundError):
+        pass
 
 
 def tune_jobs(args) -> int:
-    """``--jobs N``: N processes of this script (``--part 0/N`` ... ``N-1/N``), each with ``--threads``
-    torch threads, over disjoint shares of the studies; their lines go to this process's output."""
+    """``--jobs N``: N worker processes of this script, each with ``--threads`` torch threads; they walk
+    the same ordered list of studies and each takes the next one no live worker holds (a ``.worker``
+    file with its pid in the study's folder); their lines go to this process's output."""
     base = [a for a in sys.argv[1:]]
     drop = {"--jobs"}
     cmd, skip = [], False
@@ -80,8 +121,8 @@ def tune_jobs(args) -> int:
         if a.startswith("--jobs="):
             continue
         cmd.append(a)
-    procs = [subprocess.Popen([sys.executable, __file__, *cmd, "--phase", "tune", "--part", f"{i}/{args.jobs}"],
-                              cwd=ROOT) for i in range(args.jobs)]
+    procs = [subprocess.Popen([sys.executable, __file__, *cmd, "--phase", "tune"], cwd=ROOT)
+             for _ in range(args.jobs)]
     try:
         return max(p.wait() for p in procs)
     except BaseException:
@@ -91,29 +132,38 @@ def tune_jobs(args) -> int:
 
 
 def tune_phase(args, out: Path) -> None:
-    from mixunlearn.tune import TuneTask, run_tuning
-
     if args.threads and not args.ray:
         import torch
 
         torch.set_num_threads(args.threads)
     for forget, method in studies(args):
-        task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
-                        recipe=RECIPE, device=args.device, download=DATASET == "digits",
-                        max_time_ratio=args.max_time_ratio)
         where = study_dir(out, forget, method)
-        start = time.time()
-        say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
-        if args.ray:
-            from mixunlearn import ray_grid, tune_ray
+        if not claim(where):
+            continue  # another worker has it
+        try:
+            tune_one(args, forget, method, where)
+        finally:
+            release(where)
 
-            ray_grid.connect(args.ray)
-            res = tune_ray.run_tuning_ray(task, args.trials, where, threads=args.threads or 1, write=say)
-        else:
-            res = run_tuning(task, args.trials, where, write=say)
-        b = res.best
-        print(f"[{forget} {method}] {b['trials']} complete, {b['failed']} failed, best gap {b['gap']}, "
-              f"{res.ran} trial(s) this run in {time.time() - start:.0f} s", flush=True)
+
+def tune_one(args, forget: str, method: str, where: Path) -> None:
+    from mixunlearn.tune import TuneTask, run_tuning
+
+    task = TuneTask(dataset=DATASET, forget=forget, method=method, seeds=tuple(args.tune_seeds),
+                    recipe=RECIPE, device=args.device, download=DATASET == "digits",
+                    max_time_ratio=args.max_time_ratio)
+    start = time.time()
+    say = lambda text, m=method, f=forget: print(f"[{f} {m}] {text}", flush=True)  # noqa: E731
+    if args.ray:
+        from mixunlearn import ray_grid, tune_ray
+
+        ray_grid.connect(args.ray)
+        res = tune_ray.run_tuning_ray(task, args.trials, where, threads=args.threads or 1, write=say)
+    else:
+        res = run_tuning(task, args.trials, where, write=say)
+    b = res.best
+    print(f"[{forget} {method}] {b['trials']} complete, {b['failed']} failed, best gap {b['gap']}, "
+          f"{res.ran} trial(s) this run in {time.time() - start:.0f} s", flush=True)
 
 
 def bench_cmd(out_dir: Path, forget: str, methods: list[str], seeds: list[int], params_from: list[Path],
@@ -245,7 +295,9 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1,
                    help="phase tune: this many processes at once over disjoint studies (use --threads 1 "
                         "with --jobs = cores: small CNNs run faster side by side than threaded)")
-    p.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
+    p.add_argument("--first", default=FIRST,
+                   help="these methods' studies first, in this order (default: the closest to Retrain at their "
+                        "shipped settings on Fashion-MNIST class 0, fast recipe, test split)")
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="trials and bench cells on Ray")
     p.add_argument("--status", action="store_true", help="print what is done and stop")
     args = p.parse_args()
@@ -253,8 +305,6 @@ def main() -> int:
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
     args.tune_seeds = [int(s) for s in args.tune_seeds.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    i, n = (int(x) for x in args.part.split("/"))
-    args.part = (i, n)
     DATASET, RECIPE = args.dataset, args.recipe
     out = Path(args.out)
     if args.status:
