@@ -272,8 +272,43 @@ def status(args, out: Path) -> None:
         left += todo
         left_s += todo * (wall or fallback or 0.0)
         print(f"{forget:<14} {method:<22} {n:>3}/{args.trials} trials" + (f", {wall:.0f} s a trial" if wall else ""))
-    print(f"{left} trial(s) left" + (f", about {left_s / 3600:.1f} h serially at the measured costs"
-                                     if fallback else ""))
+    print(f"{left} trial(s) left" + (f", about {left_s / 3600:.1f} h of worker time at the measured costs "
+                                     f"(wall time: that / --jobs)" if fallback else ""))
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def validation_table(args, out: Path) -> str:
+    """Markdown, per setting: every study's validation gap at the shipped settings (trial 0) and at
+    its best trial, with the trial counts and the best trial's settings and cost. Validation only."""
+    parts = []
+    for forget in args.settings:
+        lines = [f"**{DATASET} {forget}, recipe {RECIPE}, validation split (seeds "
+                 f"{','.join(map(str, args.tune_seeds))})**", "",
+                 "| method | trials: complete / failed / stopped over the cap | val gap shipped | val gap tuned "
+                 "| best trial | best × Retrain | best settings |", "|---|---|---|---|---|---|---|"]
+        rows = []
+        for method in methods_for(forget, args.methods):
+            best = study_dir(out, forget, method) / "best.json"
+            if not best.is_file():
+                continue
+            b = json.loads(best.read_text())
+            n = b.get("trials", 0) + b.get("failed", 0) + b.get("stopped_over_cap", 0)
+            done = n >= args.trials
+            params = "shipped" if b.get("best_is_shipped") else ", ".join(
+                f"{k} {_short(v)}" for k, v in b.get("params", {}).items())
+            rows.append((b.get("gap") if b.get("gap") is not None else float("inf"), "| " + " | ".join([
+                method + ("" if done else f" (running, {n}/{args.trials})"),
+                f"{b.get('trials', 0)} / {b.get('failed', 0)} / {b.get('stopped_over_cap', 0)}",
+                _f(b.get("shipped_gap")), _f(b.get("gap")), str(b.get("best_trial")),
+                _f(b.get("best_time_ratio"), 3), params]) + " |"))
+        lines += [r for _, r in sorted(rows, key=lambda t: t[0])]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def main() -> int:
@@ -300,6 +335,8 @@ def main() -> int:
                         "shipped settings on Fashion-MNIST class 0, fast recipe, test split)")
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="trials and bench cells on Ray")
     p.add_argument("--status", action="store_true", help="print what is done and stop")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the studies' validation gaps (shipped, tuned) as markdown tables and stop")
     args = p.parse_args()
     args.settings = [s for s in args.settings.split(";") if s]
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
@@ -309,6 +346,9 @@ def main() -> int:
     out = Path(args.out)
     if args.status:
         status(args, out)
+        return 0
+    if args.markdown:
+        print(validation_table(args, out))
         return 0
     if args.phase in ("tune", "all"):
         if args.jobs > 1 and not args.ray:
