@@ -1,0 +1,65 @@
+"""bench/tune_all.py's bookkeeping (no training): the order workers take studies in, the claim that
+keeps two ``--jobs`` workers off one study, and the validation table read from best.json files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import tune_all  # noqa: E402
+
+
+def args(**kw):
+    base = {"settings": ["class:0", "data:5-9:0.4"], "methods": None, "first": "salun,finetune",
+            "trials": 20, "tune_seeds": [0, 1]}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_studies_put_first_methods_first_per_setting_and_cover_every_method():
+    pairs = tune_all.studies(args())
+    assert pairs[:2] == [("class:0", "salun"), ("class:0", "finetune")]
+    data = [p for p in pairs if p[0] == "data:5-9:0.4"]
+    assert pairs.index(data[0]) == len(pairs) - len(data)  # every class:0 study before the data ones
+    assert data[:2] == [("data:5-9:0.4", "salun"), ("data:5-9:0.4", "finetune")]
+    assert ("class:0", "unsir") in pairs and ("data:5-9:0.4", "unsir") not in pairs  # class-only
+    assert not any(m == "retrain" for _, m in pairs) and len(set(pairs)) == len(pairs)
+
+
+def test_a_study_held_by_a_live_worker_is_skipped_and_a_dead_workers_claim_is_taken(tmp_path):
+    where = tmp_path / "study"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        where.mkdir()
+        (where / ".worker").write_text(str(other.pid))
+        assert not tune_all.claim(where)
+    finally:
+        other.kill()
+        other.wait()
+    assert tune_all.claim(where)  # its process is gone
+    assert (where / ".worker").read_text() == str(os.getpid())
+    assert tune_all.claim(where)  # this process holds it already
+    tune_all.release(where)
+    assert not (where / ".worker").exists()
+
+
+def test_validation_table_reads_best_files_and_sorts_by_tuned_gap(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_all, "DATASET", "fashion_mnist")
+    a = args(settings=["class:0"], methods=["finetune", "salun"])
+    for method, gap, shipped, n in (("finetune", 0.5, 0.9, 20), ("salun", 0.3, 0.3, 7)):
+        d = tune_all.study_dir(tmp_path, "class:0", method)
+        d.mkdir(parents=True)
+        (d / "best.json").write_text(json.dumps({
+            "gap": gap, "shipped_gap": shipped, "trials": n - 2, "failed": 1, "stopped_over_cap": 1,
+            "best_trial": 3, "best_time_ratio": 0.2, "best_is_shipped": method == "salun",
+            "params": {"lr": 0.001, "augment": True}}))
+    text = tune_all.validation_table(a, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| salun")]
+    assert rows[0].startswith("| salun (running, 7/20) | 5 / 1 / 1 | 0.30 | 0.30 |") and "shipped" in rows[0]
+    assert rows[1].startswith("| finetune | 18 / 1 / 1 | 0.90 | 0.50 | 3 | 0.200 | lr 0.001, augment true |")
