@@ -167,12 +167,14 @@ def tune_one(args, forget: str, method: str, where: Path) -> None:
 
 
 def bench_cmd(out_dir: Path, forget: str, methods: list[str], seeds: list[int], params_from: list[Path],
-              args) -> list[str]:
+              args, params: list[str] = ()) -> list[str]:
     cmd = [sys.executable, "-m", "mixunlearn", "bench", "--dataset", DATASET, "--forget", forget,
            "--recipe", RECIPE, "--methods", ",".join(["retrain", *methods]), "--seeds", ",".join(map(str, seeds)),
            "--no-download", "--quiet", "--out", str(out_dir), "--device", args.device]
     for p in params_from:
         cmd += ["--params-from", str(p)]
+    for p in params:
+        cmd += ["--param", p]
     if args.ray:
         cmd += ["--ray", args.ray]
     return cmd
@@ -186,7 +188,16 @@ def tables_phase(args, out: Path) -> None:
         missing = sorted(set(methods) - set(tuned))
         if missing:
             print(f"[{forget}] no study yet for {', '.join(missing)}: their tuned rows are left out", flush=True)
-        subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args), check=True, cwd=ROOT)
+        # The shipped rows with what a method chooses itself fixed on validation, as its study's
+        # trial 0 chose it (SCRUB+R's rewind epoch; no test label is read to choose it).
+        chosen = []
+        for m in methods:
+            best = study_dir(out, forget, m) / "best.json"
+            if best.is_file():
+                for k, v in (json.loads(best.read_text()).get("shipped_chosen_on_validation") or {}).items():
+                    chosen.append(f"{m}.{k}={v}")
+        subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args, chosen), check=True,
+                       cwd=ROOT)
         if tuned:
             files = [study_dir(out, forget, m) / "best.json" for m in tuned]
             subprocess.run(bench_cmd(base / "tuned", forget, tuned, args.seeds, files, args), check=True, cwd=ROOT)
@@ -238,9 +249,10 @@ def comparison(base: Path, forget: str, out: Path) -> str:
             lines.append("| " + " | ".join([name, label, *cells, _f(r.get("gap_to_retrain")),
                                             _f(r.get("time_ratio_to_retrain"), 3), val]) + " |")
     if "scrub_r" in shipped:
-        lines += ["", "SCRUB+R picks one of its epochs + 1 checkpoints by the error on held-out examples of the "
-                      "forget set's classes; the only held-out data is the evaluation split, so on these test-split "
-                      "rows that choice reads test labels (on validation, in its study, it does not)."]
+        lines += ["", "SCRUB+R's rewind epoch (its choice among epochs + 1 checkpoints by the error on held-out "
+                      "examples of the forget set's classes) is the one its rule picked on the validation seeds "
+                      "of its study (trial 0 for the shipped row, the best trial for the tuned row): no test "
+                      "label is read to choose it."]
     floor = base / "floor" / "floor.json"
     if floor.is_file():
         doc = json.loads(floor.read_text())

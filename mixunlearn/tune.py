@@ -419,8 +419,12 @@ def evaluate_params(task: TuneTask, setups: Sequence[SeedSetup], params: Mapping
             gap = gap_to_retrain(metrics, s.retrain_metrics, s.data.spec.level)
             if not math.isfinite(gap):
                 raise FloatingPointError(f"seed {s.seed}: the gap to Retrain is not finite ({gap})")
-            per_seed.append({"seed": s.seed, "gap": gap, "seconds": res.seconds,
-                             "retrain_seconds": s.retrain_seconds})
+            row = {"seed": s.seed, "gap": gap, "seconds": res.seconds, "retrain_seconds": s.retrain_seconds}
+            chosen = {fld: res.extras[key] for key, fld in getattr(type(cfg), "CHOSEN_ON_VALIDATION", {}).items()
+                      if key in res.extras}
+            if chosen:
+                row["chosen"] = chosen  # what the method chose on this validation seed (e.g. SCRUB+R's epoch)
+            per_seed.append(row)
     except Exception as exc:  # noqa: BLE001 -- a trial's failure is data, not a crash
         text = " ".join(str(exc).split()) or type(exc).__name__
         return {"error": f"{type(exc).__name__}: {text}"[:500]}
@@ -538,7 +542,9 @@ def summary(study) -> dict[str, Any]:
     walls = [t.user_attrs["wall_seconds"] for t in done + stopped if t.user_attrs.get("wall_seconds")]
     return {
         "method": task.method, "dataset": task.dataset, "forget": task.forget, "recipe": task.recipe,
-        "params": dict(best.params) if best else {},
+        # (plus what the method chose on the validation seeds, fixed here for test-split runs)
+        "params": {**dict(best.params), **chosen_on_validation(best)} if best else {},
+        "shipped_chosen_on_validation": chosen_on_validation(shipped),
         "gap": best.value if best else None,
         "trials": len(done), "failed": len(trials) - len(done) - len(stopped),
         "stopped_over_cap": len(stopped),
@@ -554,6 +560,17 @@ def summary(study) -> dict[str, Any]:
         "family": task.family, "eval_split": "val", "study_name": task.study_name,
         "level": _level(task.forget),
     }
+
+
+def chosen_on_validation(trial) -> dict[str, Any]:
+    """The settings a method chose itself on the trial's validation seeds (a config class's
+    ``CHOSEN_ON_VALIDATION``, e.g. SCRUB+R's rewind epoch), one value per field: the lower median
+    over the seeds; {} when the method chooses nothing."""
+    per: dict[str, list] = {}
+    for row in (trial.user_attrs.get("per_seed") or []) if trial is not None else []:
+        for k, v in (row.get("chosen") or {}).items():
+            per.setdefault(k, []).append(v)
+    return {k: sorted(v)[(len(v) - 1) // 2] for k, v in per.items()}
 
 
 def _level(forget: str) -> str:

@@ -153,6 +153,32 @@ def test_scrub_r_returns_the_checkpoint_its_rule_picks(task, monkeypatch):
     assert not _same_state(_state(final), _state(original))
 
 
+class _NoEvalSplit:
+    """Evaluation tensors that fail on any use."""
+
+    def __getattr__(self, name):
+        raise AssertionError("SCRUB+R read the evaluation split")
+
+    def __getitem__(self, item):
+        raise AssertionError("SCRUB+R read the evaluation split")
+
+
+def test_scrub_r_with_a_fixed_rewind_epoch_reads_no_evaluation_data(task):
+    """``rewind_epoch = e`` (chosen on validation) returns the student after e epochs without reading
+    the evaluation split; the held-out rule (-1) does read it."""
+    data, original = task
+    blind = copy.copy(data)
+    blind.x_test, blind.y_test = _NoEvalSplit(), _NoEvalSplit()
+    fixed = run_method("scrub_r", original, blind, {**SCRUB_SHORT, "rewind_epoch": 1}, device="cpu")
+    assert fixed.extras["rewind_epoch"] == 1 and fixed.extras["rewind_rule"] == "fixed"
+    expected = run_method("scrub", original, data, {**SCRUB_SHORT, "epochs": 1}).model
+    assert _same_state(_state(fixed.model), _state(expected))
+    assert run_method("scrub_r", original, blind, {**SCRUB_SHORT, "rewind_epoch": 99},
+                      device="cpu").extras["rewind_epoch"] == SCRUB_SHORT["epochs"]  # at most `epochs`
+    with pytest.raises((AssertionError, TypeError)):  # the rule reads the evaluation split's labels
+        run_method("scrub_r", original, blind, SCRUB_SHORT, device="cpu")
+
+
 # --------------------------------------------------------------------------- SFR-on
 
 

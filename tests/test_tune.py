@@ -252,3 +252,24 @@ def test_last_k_spaces_stop_at_the_models_layer_count():
         for method in ("eu_k", "cf_k"):
             k = {d.name: d for d in search_space(method, family)}["k"]
             assert 1 <= k.low and k.high == layers, (method, family, k, layers)
+
+
+def test_what_a_method_chooses_on_validation_is_written_into_best_params(home, tmp_path, monkeypatch):
+    """A config's CHOSEN_ON_VALIDATION (SCRUB+R's rewind epoch): the method's choice on each validation
+    seed is stored with the trial, and best.json's params carry the lower median over the seeds (so
+    ``--params-from`` runs on the test split read nothing to choose it)."""
+    from mixunlearn.methods import base
+
+    narrow_finetune(monkeypatch)
+    spec = base.get_method("finetune")
+    monkeypatch.setattr(spec.config_cls, "CHOSEN_ON_VALIDATION", {"picked": "epochs"}, raising=False)
+
+    def choosing(model, data, cfg, *, device, callbacks):
+        return base.MethodOutput(model, {"picked": 3 + data.seed})
+
+    monkeypatch.setitem(base._REGISTRY, "finetune", dataclasses.replace(spec, fn=choosing))
+    res = run_tuning(task(seeds=(0, 1)), 1, tmp_path / "s", write=lambda s: None)
+    assert res.best["params"]["epochs"] == 3 and res.best["shipped_chosen_on_validation"] == {"epochs": 3}
+    study = optuna.load_study(study_name=task(seeds=(0, 1)).resolved().study_name,
+                              storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert [r["chosen"] for r in study.get_trials()[0].user_attrs["per_seed"]] == [{"epochs": 3}, {"epochs": 4}]

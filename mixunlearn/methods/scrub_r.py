@@ -17,9 +17,14 @@ Rule (restated from the notebook):
 
 Held-out data. The only data f_D never trained on is the evaluation split, so ``ref`` is measured
 on the evaluation split's samples of D_f's labels — on the validation split (``eval_split="val"``)
-that is the notebook's protocol; on the test split it means the choice of one checkpoint among
-``epochs + 1`` reads test labels, which a test-split row must state. Label-agnostic use is
-impossible (the rule needs labels).
+that is the notebook's protocol. On the test split the rule would read test labels to choose one
+checkpoint among ``epochs + 1``; so the rule's choice is a setting fixed on validation, like every
+other: ``rewind_epoch = e ≥ 0`` returns checkpoint ``e`` without reading any evaluation data.
+``mixunlearn tune`` records the epoch the rule picked on each validation seed and writes it into
+best.json's params (``CHOSEN_ON_VALIDATION``), so ``--params-from`` runs use it; the comparison's
+shipped rows use trial 0's (bench/tune_all.py). ``rewind_epoch = -1`` (the default, for a single
+``run``) applies the rule on whatever the evaluation split is, and its results say so
+(``rewind_rule``). Label-agnostic use is impossible (the rule needs labels).
 
 With noisy labels the rule compares D_f's error on its stored (wrong) labels with a held-out error on
 true labels, so it favours the checkpoint that still fits the noise (on digits it rewound to f_D);
@@ -39,14 +44,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import MethodOutput, register_method
+from .base import MethodOutput, param, register_method
 from .scrub import ScrubConfig, scrub
 
 
 @dataclass(frozen=True)
 class ScrubRConfig(ScrubConfig):
     """SCRUB's fields and per-family defaults, unchanged (the fast budget included: a shorter SCRUB
-    with one max pass left Test_f at 68.7 on the Fashion-MNIST validation split)."""
+    with one max pass left Test_f at 68.7 on the Fashion-MNIST validation split), plus the rewind."""
+
+    rewind_epoch: int = param(-1, "checkpoint returned: -1 = the one the held-out rule picks on the evaluation "
+                                  "split (reads its labels); e >= 0 = the student after e epochs (at most "
+                                  "`epochs`), as chosen on validation", min=-1, max=10_000, tune=False)
+
+    # The method's extras the tuner records per validation seed and writes into best.json's params.
+    CHOSEN_ON_VALIDATION = {"rewind_epoch": "rewind_epoch"}
 
 
 @torch.no_grad()
@@ -91,14 +103,19 @@ def scrub_r(model, data, cfg: ScrubRConfig, *, device, callbacks):
     final = scrub(model, data, cfg, device=device, callbacks=[keep, *(callbacks or ())], name="scrub_r")
     if len(checkpoints) != cfg.epochs + 1:
         raise RuntimeError(f"scrub_r: expected {cfg.epochs + 1} checkpoints, got {len(checkpoints)}")
-    reference = reference_error(final, data)
     probe = copy.deepcopy(final)
     x_f, y_f = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
     errors = []
     for state in checkpoints:
         probe.load_state_dict(state)
         errors.append(error_percent(probe, x_f, y_f))
-    chosen = rewind_index(errors, reference)
+    if cfg.rewind_epoch >= 0:  # fixed on validation: no evaluation data is read
+        reference, rule = float("nan"), "fixed"
+        chosen = min(cfg.rewind_epoch, cfg.epochs)
+    else:
+        reference, rule = reference_error(final, data), f"held-out rule on the {data.eval_split} split"
+        chosen = rewind_index(errors, reference)
     final.load_state_dict(checkpoints[chosen])
     final.eval()
-    return MethodOutput(final, {"forget_errors": errors, "reference_error": reference, "rewind_epoch": chosen})
+    return MethodOutput(final, {"forget_errors": errors, "reference_error": reference, "rewind_epoch": chosen,
+                                "rewind_rule": rule})
