@@ -555,11 +555,19 @@ def summary(study) -> dict[str, Any]:
         "trial_seconds_mean": sum(secs) / len(secs) if secs else None,
         "trial_time_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
         "trial_wall_seconds_mean": sum(walls) / len(walls) if walls else None,
+        # a trial's whole cost (the method on every seed and its scoring) per Retrain of the process
+        "trial_wall_ratio_mean": _mean([t.user_attrs["wall_seconds"] / t.user_attrs["retrain_seconds"]
+                                        for t in done + stopped if t.user_attrs.get("wall_seconds")
+                                        and t.user_attrs.get("retrain_seconds")]),
         "infeasible": sum(r > task.max_time_ratio for r in ratios) + len(stopped),
         "max_time_ratio": task.max_time_ratio, "seeds": list(task.seeds), "model": task.model,
         "family": task.family, "eval_split": "val", "study_name": task.study_name,
         "level": _level(task.forget),
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def chosen_on_validation(trial) -> dict[str, Any]:

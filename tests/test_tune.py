@@ -98,6 +98,8 @@ def test_trial0_is_shipped_and_the_study_resumes_to_the_total(home, tmp_path, mo
     assert best["trials"] == 3 and best["failed"] == 0 and best["gap"] <= trials[0].value
     assert best["shipped_gap"] == trials[0].value and best["eval_split"] == "val"
     assert best["trial_time_ratio_mean"] > 0 and all("time_ratio" in t.user_attrs for t in trials)
+    # a trial's whole cost (method + scoring on every seed) is at least its method's
+    assert best["trial_wall_ratio_mean"] >= best["trial_time_ratio_mean"]
     assert trials[0].system_attrs  # the time constraint is stored with each trial
 
 
