@@ -4,6 +4,7 @@ keeps two ``--jobs`` workers off one study, and the validation table read from b
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,9 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import tune_all  # noqa: E402
+_spec = importlib.util.spec_from_file_location("tune_all", ROOT / "bench" / "tune_all.py")
+tune_all = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tune_all)
 
 
 def args(**kw):
