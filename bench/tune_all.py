@@ -286,6 +286,29 @@ def status(args, out: Path) -> None:
         print(f"{forget:<14} {method:<22} {n:>3}/{args.trials} trials" + (f", {wall:.0f} s a trial" if wall else ""))
     print(f"{left} trial(s) left" + (f", about {left_s / 3600:.1f} h of worker time at the measured costs "
                                      f"(wall time: that / --jobs)" if fallback else ""))
+    recent = finished_since(out, 3600.0)
+    if recent:
+        print(f"{recent} trial(s) finished in the last hour (all workers)"
+              + (f": at that pace about {left / recent:.1f} h left" if left else ""))
+
+
+def finished_since(out: Path, seconds: float) -> int:
+    """Trials of every study under ``out`` that ended (complete, failed, pruned) in the last ``seconds``
+    (read from the studies' SQLite files; the sweep's measured pace)."""
+    import datetime as dt
+    import sqlite3
+
+    since = dt.datetime.now() - dt.timedelta(seconds=seconds)
+    n = 0
+    for db in (out / "tune").glob("*/*/study.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                rows = con.execute("SELECT datetime_complete FROM trials "
+                                   "WHERE datetime_complete IS NOT NULL").fetchall()
+        except sqlite3.Error:
+            continue
+        n += sum(dt.datetime.fromisoformat(r[0]) >= since for r in rows)
+    return n
 
 
 def _short(v) -> str:
