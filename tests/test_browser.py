@@ -145,7 +145,17 @@ def test_default_demo_in_a_real_browser(server):
             while _seconds(side) < shown + 3:  # the sidebar moves on by itself, without a full rerun
                 assert time.monotonic() < deadline, f"the sidebar stayed at {_seconds(side)} s"
                 page.wait_for_timeout(250)
-            assert abs(_seconds(side) - _seconds(status)) <= 2, (side.inner_text(), status.inner_text())
+            # Both lines are redrawn on their own schedules, so one reading can catch one of them just
+            # before its redraw (under load, a few seconds): the clocks agree when some reading within
+            # 20 s shows them within 2 s (lines reading different clocks stay apart at every reading).
+            readings = []
+            deadline = time.monotonic() + 20
+            while True:
+                readings.append((_seconds(side), _seconds(status)))
+                if abs(readings[-1][0] - readings[-1][1]) <= 2 or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(300)
+            assert abs(readings[-1][0] - readings[-1][1]) <= 2, (readings, side.inner_text(), status.inner_text())
             expect(page.get_by_text("Default demo finished")).to_be_visible(timeout=DEMO_TIMEOUT_MS)
             _no_exception(page)
             # The job also computes the UMAP projection after saving the run; wait for the link row.
