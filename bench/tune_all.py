@@ -317,6 +317,24 @@ def _short(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def current_summary(where: Path) -> dict | None:
+    """The study's best.json document computed now from its study.db (by this code: a study run by
+    an older build gets today's fields), else the best.json on disk, else None."""
+    db = where / "study.db"
+    if db.is_file():
+        import optuna
+
+        from mixunlearn.tune import summary
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = f"sqlite:///{db.resolve()}"
+        names = optuna.get_all_study_names(storage)
+        if names:
+            return summary(optuna.load_study(study_name=names[0], storage=storage))
+    best = where / "best.json"
+    return json.loads(best.read_text()) if best.is_file() else None
+
+
 def validation_table(args, out: Path) -> str:
     """Markdown, per setting: every study's validation gap at the shipped settings (trial 0) and at
     its best trial, with the trial counts and the best trial's settings and cost. Validation only."""
@@ -325,13 +343,13 @@ def validation_table(args, out: Path) -> str:
         lines = [f"**{DATASET} {forget}, recipe {RECIPE}, validation split (seeds "
                  f"{','.join(map(str, args.tune_seeds))})**", "",
                  "| method | trials: complete / failed / stopped over the cap | val gap shipped | val gap tuned "
-                 "| best trial | best × Retrain | best settings |", "|---|---|---|---|---|---|---|"]
+                 "| best trial | best × Retrain | a trial costs × Retrain | best settings |",
+                 "|---|---|---|---|---|---|---|---|"]
         rows = []
         for method in methods_for(forget, args.methods):
-            best = study_dir(out, forget, method) / "best.json"
-            if not best.is_file():
+            b = current_summary(study_dir(out, forget, method))
+            if b is None:
                 continue
-            b = json.loads(best.read_text())
             n = b.get("trials", 0) + b.get("failed", 0) + b.get("stopped_over_cap", 0)
             done = n >= args.trials
             params = "shipped" if b.get("best_is_shipped") else ", ".join(
@@ -340,7 +358,7 @@ def validation_table(args, out: Path) -> str:
                 method + ("" if done else f" (running, {n}/{args.trials})"),
                 f"{b.get('trials', 0)} / {b.get('failed', 0)} / {b.get('stopped_over_cap', 0)}",
                 _f(b.get("shipped_gap")), _f(b.get("gap")), str(b.get("best_trial")),
-                _f(b.get("best_time_ratio"), 3), params]) + " |"))
+                _f(b.get("best_time_ratio"), 3), _f(b.get("trial_wall_ratio_mean"), 2), params]) + " |"))
         lines += [r for _, r in sorted(rows, key=lambda t: t[0])]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

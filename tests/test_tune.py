@@ -211,7 +211,9 @@ def test_a_trial_over_the_time_cap_is_stopped_early_and_recorded_infeasible(home
     def slow(model, data, cfg, *, device, callbacks):
         done = 0
         for i in range(20):
-            time.sleep(0.02)
+            end = time.process_time() + 0.02
+            while time.process_time() < end:  # CPU work: the cap counts the process's CPU seconds on a CPU
+                pass
             done += 1
             emit(callbacks, ProgressEvent("finetune", "unlearn", i + 1, 20))
         steps.append(done)
@@ -275,3 +277,31 @@ def test_what_a_method_chooses_on_validation_is_written_into_best_params(home, t
     study = optuna.load_study(study_name=task(seeds=(0, 1)).resolved().study_name,
                               storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     assert [r["chosen"] for r in study.get_trials()[0].user_attrs["per_seed"]] == [{"epochs": 3}, {"epochs": 4}]
+
+
+def test_on_a_cpu_the_cap_counts_cpu_seconds_not_the_wait_for_a_core(home, tmp_path, monkeypatch):
+    """Another process's load stretches a trial's wall time, not its CPU time: a method that spends
+    its time waiting (here: sleeping, as a process does while another holds the core) is not over the
+    cap, while the same wall time of CPU work is."""
+    from mixunlearn.methods import base
+    from mixunlearn.progress import ProgressEvent, emit
+    from mixunlearn.tune import prepare_seed
+
+    narrow_finetune(monkeypatch)
+    spec = base.get_method("finetune")
+    t = task().resolved()
+    retrain = prepare_seed(t, 0).retrain_seconds  # CPU seconds of a Retrain here
+    wait = 0.5 * retrain  # over a cap of 0.3x in wall time
+
+    def waiting(model, data, cfg, *, device, callbacks):
+        for i in range(10):
+            time.sleep(wait / 10)
+            emit(callbacks, ProgressEvent("finetune", "unlearn", i + 1, 10))
+        return model
+
+    monkeypatch.setitem(base._REGISTRY, "finetune", dataclasses.replace(spec, fn=waiting))
+    res = run_tuning(task(max_time_ratio=0.3), 2, tmp_path / "s", write=lambda s: None)
+    assert res.best["stopped_over_cap"] == 0 and res.best["trials"] == 2 and res.best["clocks"] == ["cpu"]
+    study = optuna.load_study(study_name=t.study_name, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    for trial in study.get_trials():
+        assert trial.user_attrs["time_ratio"] < 0.3 <= trial.user_attrs["per_seed"][0]["wall_seconds"] / retrain

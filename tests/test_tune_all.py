@@ -63,4 +63,4 @@ def test_validation_table_reads_best_files_and_sorts_by_tuned_gap(tmp_path, monk
     text = tune_all.validation_table(a, tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| salun")]
     assert rows[0].startswith("| salun (running, 7/20) | 5 / 1 / 1 | 0.30 | 0.30 |") and "shipped" in rows[0]
-    assert rows[1].startswith("| finetune | 18 / 1 / 1 | 0.90 | 0.50 | 3 | 0.200 | lr 0.001, augment true |")
+    assert rows[1].startswith("| finetune | 18 / 1 / 1 | 0.90 | 0.50 | 3 | 0.200 | – | lr 0.001, augment true |")

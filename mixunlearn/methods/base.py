@@ -277,6 +277,9 @@ class MethodResult:
     seconds: float
     config: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds of this process over the run (all its threads): a cost that another process's load
+    # barely moves, unlike ``seconds`` (wall clock); tuning's time cap reads it on CPU devices.
+    cpu_seconds: float = 0.0
 
 
 class PluginMethodError(NonFiniteLossError):
@@ -359,7 +362,7 @@ def run_method(
     reported = _LastStep()
     plugin = _plugin_source(spec)
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         out = spec.fn(model, view, cfg, device=device, callbacks=[reported, *(callbacks or [])])
     except (NonFiniteLossError, RunCancelled, KeyboardInterrupt):
@@ -374,7 +377,7 @@ def run_method(
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise PluginMethodError(name, plugin, f"raised {type(exc).__name__}: {text}") from exc
     synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if isinstance(out, MethodOutput):
         model, extras = out.model, out.extras
     else:
@@ -394,4 +397,4 @@ def run_method(
             raise PluginMethodError(name, plugin, "returned a model with NaN or infinite weights") from None
     check_finite_weights(model, name, -1)
     model.eval()
-    return MethodResult(name, model, seconds, config_to_dict(cfg), extras)
+    return MethodResult(name, model, seconds, config_to_dict(cfg), extras, cpu_seconds)
