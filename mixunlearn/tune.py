@@ -17,9 +17,10 @@
   infeasible: its ``time_ratio`` user attribute minus the cap is the trial's Optuna constraint
   (``Trial.set_constraint``, which Optuna 5 uses in place of the sampler's deprecated
   ``constraints_func``; TPE ranks infeasible trials below every feasible one). Retrain's time is
-  measured in the process that runs the trials: Retrain's own training when it ran there, else a
-  timed slice of it (whole epochs of the real training loop on D_r, scaled to the recipe's epochs;
-  :func:`retrain_seconds_here`). A trial other than trial 0 is stopped as soon as it can no longer
+  measured in the process that runs the trials: a timed slice of it (whole epochs of the real
+  training loop on D_r, scaled to the recipe's epochs; :func:`retrain_seconds_here`), or on a GPU
+  Retrain's own training when it ran there. On a CPU both sides count the process's CPU seconds
+  (:func:`clock_for`), so another process's load does not move the ratio; on a GPU the wall clock. A trial other than trial 0 is stopped as soon as it can no longer
   meet the cap (its method time summed over the seeds passes the cap × Retrain's summed): it is
   stored as *pruned* with the constraint it had reached (a lower bound) and counts as a trial.
   The outcome is the one a full run would give (infeasible); only the time is saved.
