@@ -83,3 +83,16 @@ def digits_data_level(digits_dataset, session_cache):
     original = get_trained("original", data, "digits_cnn", recipe, cache=session_cache)
     retrain = get_trained("retrain", data, "digits_cnn", recipe, cache=session_cache)
     return data, original.model, retrain.model
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let the app's UMAP warm-up finish before the interpreter finalises: an AppTest of the last test
+    file starts it (ui/state.warm_up_projections, a daemon thread compiling numba kernels), and an
+    interpreter that finalises while numba compiles can abort inside LLVM ("Invalid Phi node, not
+    present in loop header") after every test passed, failing the run. The app's own exit
+    (ui/shutdown.py) ends the process without finalising, so it does not wait."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "mixunlearn-umap-warmup":
+            thread.join(timeout=600)
