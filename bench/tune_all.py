@@ -267,12 +267,14 @@ def comparison(base: Path, forget: str, out: Path) -> str:
 def status(args, out: Path) -> None:
     """Per study: trials done, seconds a trial (method and scoring, measured); the time left, with a
     study that has no trial yet counted at the mean of the measured ones."""
+    from mixunlearn.tune import trials_counted
+
     rows, walls = [], []
     for forget in args.settings:
         for method in methods_for(forget, args.methods):
             best = study_dir(out, forget, method) / "best.json"
             b = json.loads(best.read_text()) if best.is_file() else {}
-            n = b.get("trials", 0) + b.get("failed", 0) + b.get("stopped_over_cap", 0)
+            n = trials_counted(b)
             wall = b.get("trial_wall_seconds_mean")
             if wall:
                 walls.append(wall)
@@ -338,6 +340,8 @@ def current_summary(where: Path) -> dict | None:
 def validation_table(args, out: Path) -> str:
     """Markdown, per setting: every study's validation gap at the shipped settings (trial 0) and at
     its best trial, with the trial counts and the best trial's settings and cost. Validation only."""
+    from mixunlearn.tune import trials_counted
+
     parts = []
     for forget in args.settings:
         lines = [f"**{DATASET} {forget}, recipe {RECIPE}, validation split (seeds "
@@ -350,7 +354,7 @@ def validation_table(args, out: Path) -> str:
             b = current_summary(study_dir(out, forget, method))
             if b is None:
                 continue
-            n = b.get("trials", 0) + b.get("failed", 0) + b.get("stopped_over_cap", 0)
+            n = trials_counted(b)
             done = n >= args.trials
             params = "shipped" if b.get("best_is_shipped") else ", ".join(
                 f"{k} {_short(v)}" for k, v in b.get("params", {}).items())

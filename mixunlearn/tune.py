@@ -20,7 +20,8 @@
   measured in the process that runs the trials: a timed slice of it (whole epochs of the real
   training loop on D_r, scaled to the recipe's epochs; :func:`retrain_seconds_here`), or on a GPU
   Retrain's own training when it ran there. On a CPU both sides count the process's CPU seconds
-  (:func:`clock_for`), so another process's load does not move the ratio; on a GPU the wall clock. A trial other than trial 0 is stopped as soon as it can no longer
+  (:func:`clock_for`), so another process's load does not move the ratio; on a GPU the wall clock.
+  A trial other than trial 0 is stopped as soon as it can no longer
   meet the cap (its method time summed over the seeds passes the cap × Retrain's summed): it is
   stored as *pruned* with the constraint it had reached (a lower bound) and counts as a trial.
   The outcome is the one a full run would give (infeasible); only the time is saved.
@@ -511,19 +512,16 @@ def tell(study, trial, result: Mapping[str, Any]) -> str:
         trial.set_user_attr("clock", result["clock"])  # what "seconds" count: CPU or wall seconds
     # Feasible when <= 0: the time cap as an Optuna constraint, read by the TPE sampler.
     trial.set_constraint("time", float(result["time_ratio"]) - study_task(study).max_time_ratio)
+    trial.set_user_attr("per_seed", result["per_seed"])
+    trial.set_user_attr("wall_seconds", float(result.get("wall_seconds", 0.0)))  # the method and its scoring
+    trial.set_user_attr("where", result.get("where", ""))
     if result.get("over_cap"):
         # Stopped once it could no longer meet the cap: infeasible, no gap; its time is a lower bound.
         trial.set_user_attr("over_cap", True)
         trial.set_user_attr("stopped_at_seed", int(result["stopped_at_seed"]))
-        trial.set_user_attr("per_seed", result["per_seed"])
-        trial.set_user_attr("wall_seconds", float(result.get("wall_seconds", 0.0)))
-        trial.set_user_attr("where", result.get("where", ""))
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return (f"trial {trial.number}: stopped over the time cap (≥ {result['time_ratio']:.3f}× Retrain, "
                 f"infeasible)")
-    trial.set_user_attr("per_seed", result["per_seed"])
-    trial.set_user_attr("wall_seconds", float(result.get("wall_seconds", 0.0)))  # the method and its scoring
-    trial.set_user_attr("where", result.get("where", ""))
     study.tell(trial, float(result["gap"]))
     slow = " (infeasible: too slow)" if result["time_ratio"] > study_task(study).max_time_ratio else ""
     return f"trial {trial.number}: gap {result['gap']:.3f}, {result['time_ratio']:.3f}× Retrain{slow}"
@@ -584,6 +582,11 @@ def summary(study) -> dict[str, Any]:
         "family": task.family, "eval_split": "val", "study_name": task.study_name,
         "level": _level(task.forget),
     }
+
+
+def trials_counted(best: Mapping[str, Any]) -> int:
+    """The trials a best.json document counts toward ``--trials``: complete, failed and stopped."""
+    return sum(int(best.get(k) or 0) for k in ("trials", "failed", "stopped_over_cap"))
 
 
 def _mean(values: list[float]) -> float | None:

@@ -24,8 +24,7 @@ def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str
                       help="'tuned': the best trial of an Optuna study on the validation split "
                            "(python -m mixunlearn tune); 'shipped': the method's defaults.")
     gap, shipped = found.get("gap"), found.get("shipped_gap")
-    n = sum(int(found.get(k) or 0) for k in ("trials", "failed", "stopped_over_cap"))
-    note = f"Tuned over {n} trials (seeds {found.get('seeds', '?')}, {found['forget']})"
+    note = f"Tuned over {tune.trials_counted(found)} trials (seeds {found.get('seeds', '?')}, {found['forget']})"
     if gap is not None and shipped is not None:
         note += f": validation gap {gap:.2f} vs {shipped:.2f} shipped"
     st.caption(note + ".")
