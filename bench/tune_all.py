@@ -253,15 +253,68 @@ def comparison(base: Path, forget: str, out: Path) -> str:
                       "examples of the forget set's classes) is the one its rule picked on the validation seeds "
                       "of its study (trial 0 for the shipped row, the best trial for the tuned row): no test "
                       "label is read to choose it."]
-    floor = base / "floor" / "floor.json"
-    if floor.is_file():
-        doc = json.loads(floor.read_text())
-        gaps = [row["gap"] for row in doc.get("rows", doc if isinstance(doc, list) else []) if "gap" in row]
-        if gaps:
-            mean = sum(gaps) / len(gaps)
-            lines += ["", f"Independent-Retrain floor (gap of another Retrain to the task's): {mean:.2f} "
-                          f"over {len(gaps)} model(s) (bench/retrain_floor.py)."]
+    floor = floor_gap(base / "floor" / "floor.json")
+    if floor is not None:
+        mean, sd, n = floor
+        lines += ["", f"Independent-Retrain floor (the gap of another Retrain to the task's, from the seed means "
+                      f"as the rows): {mean:.2f}" + (f" ± {sd:.2f} over {n} Retrains per seed" if n > 1 else "")
+                  + " (bench/retrain_floor.py)."]
+    lines += ["", *ranking(shipped, tuned, floor)]
     return "\n".join(lines)
+
+
+def floor_gap(path: Path) -> tuple[float, float, int] | None:
+    """The floor as the tables measure a method: per independent Retrain index (one alt Retrain per
+    seed), the gap of its seed-mean metrics to the task Retrain's seed-mean metrics; then mean and
+    sample sd over the indices, and their count."""
+    import statistics
+
+    from mixunlearn.metrics import gap_to_retrain, metric_set
+
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text()).get("rows") or []
+    gaps = []
+    for alt in sorted({r["alt"] for r in rows}):
+        rs = [r for r in rows if r["alt"] == alt]
+        keys = metric_set(rs[0]["level"])
+        mean = {k: statistics.fmean(r["metrics"][k] for r in rs) for k in keys}
+        ref = {k: statistics.fmean(r["retrain"][k] for r in rs) for k in keys}
+        gaps.append(gap_to_retrain(mean, ref, rs[0]["level"]))
+    if not gaps:
+        return None
+    return statistics.fmean(gaps), (statistics.stdev(gaps) if len(gaps) > 1 else 0.0), len(gaps)
+
+
+def ranking(shipped: dict[str, dict], tuned: dict[str, dict], floor: tuple | None) -> list[str]:
+    """Plain lines: which method is closest to Retrain on the test split at shipped settings and at
+    the settings its study chose on validation (a method without a tuned row keeps its shipped one;
+    no row is picked by its test gap), and where MixUnlearn stands against the floor."""
+    def order(rows: dict[str, dict]) -> list[tuple[float, str]]:
+        out = []
+        for name, r in rows.items():
+            try:
+                gap = float(r.get("gap_to_retrain"))
+            except (TypeError, ValueError):
+                continue
+            if name != "retrain" and gap == gap:
+                out.append((gap, name))
+        return sorted(out)
+
+    lines = []
+    for label, rows in (("shipped", shipped), ("tuned", {**shipped, **tuned})):
+        ranked = order(rows)
+        if not ranked:
+            continue
+        top = ", ".join(f"{n} {g:.2f}" for g, n in ranked[:5])
+        mine = [f"{n} {g:.2f} (rank {i + 1} of {len(ranked)})" for i, (g, n) in enumerate(ranked)
+                if n.startswith("mixunlearn")]
+        line = f"- {label.capitalize()} settings, closest first: {top}. MixUnlearn: {'; '.join(mine) or 'no row'}."
+        if floor is not None and ranked:
+            ours = "".join(f"; {n} minus floor: {g - floor[0]:+.2f}" for g, n in ranked if n.startswith("mixunlearn"))
+            line += f" Closest minus floor: {ranked[0][0] - floor[0]:+.2f}{ours}."
+        lines.append(line)
+    return lines
 
 
 def status(args, out: Path) -> None:

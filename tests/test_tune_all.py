@@ -64,3 +64,30 @@ def test_validation_table_reads_best_files_and_sorts_by_tuned_gap(tmp_path, monk
     rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| salun")]
     assert rows[0].startswith("| salun (running, 7/20) | 5 / 1 / 1 | 0.30 | 0.30 |") and "shipped" in rows[0]
     assert rows[1].startswith("| finetune | 18 / 1 / 1 | 0.90 | 0.50 | 3 | 0.200 | – | lr 0.001, augment true |")
+
+
+def test_floor_is_the_gap_of_seed_means_per_retrain_and_ranking_uses_validation_choices(tmp_path):
+    from mixunlearn.metrics import gap_to_retrain
+
+    ref = {"test_r": 90.0, "test_f": 0.0, "asr": 40.0}
+    # Two alt Retrains over two seeds: per seed they err in opposite directions, so their seed
+    # means sit on Retrain's (gap 0 for alt 0) -- the mean of per-run gaps would not.
+    rows = [{"alt": a, "seed": s, "level": "class", "retrain": ref,
+             "metrics": {"test_r": 90.0 + d, "test_f": 0.0, "asr": 40.0}}
+            for a, ds in ((0, (1.0, -1.0)), (1, (3.0, 3.0))) for s, d in zip((0, 1), ds)]
+    (tmp_path / "floor.json").write_text(json.dumps({"rows": rows}))
+    mean, sd, n = tune_all.floor_gap(tmp_path / "floor.json")
+    one = gap_to_retrain({"test_r": 93.0, "test_f": 0.0, "asr": 40.0}, ref, "class")
+    assert n == 2 and mean == one / 2 and sd > 0
+    assert tune_all.floor_gap(tmp_path / "missing.json") is None
+
+    shipped = {"retrain": {"gap_to_retrain": "0"}, "finetune": {"gap_to_retrain": "0.9"},
+               "mixunlearn": {"gap_to_retrain": "0.2"}, "salun": {"gap_to_retrain": "0.5"}}
+    tuned = {"finetune": {"gap_to_retrain": "0.1"}, "mixunlearn": {"gap_to_retrain": "0.4"}}
+    lines = tune_all.ranking(shipped, tuned, (0.3, 0.05, 2))
+    assert lines[0].startswith("- Shipped settings, closest first: mixunlearn 0.20, salun 0.50, finetune 0.90.")
+    assert "mixunlearn 0.20 (rank 1 of 3)" in lines[0] and "Closest minus floor: -0.10" in lines[0]
+    # Tuned: SalUn has no study, so its shipped row stands; MixUnlearn's tuned row is worse on test
+    # than its shipped one, and the ranking keeps the row validation chose.
+    assert lines[1].startswith("- Tuned settings, closest first: finetune 0.10, mixunlearn 0.40, salun 0.50.")
+    assert "mixunlearn 0.40 (rank 2 of 3)" in lines[1] and "mixunlearn minus floor: +0.10" in lines[1]
