@@ -108,19 +108,12 @@ def tune_jobs(args) -> int:
     """``--jobs N``: N worker processes of this script, each with ``--threads`` torch threads; they walk
     the same ordered list of studies and each takes the next one no live worker holds (a ``.worker``
     file with its pid in the study's folder); their lines go to this process's output."""
-    base = [a for a in sys.argv[1:]]
-    drop = {"--jobs"}
-    cmd, skip = [], False
-    for a in base:
-        if skip:
-            skip = False
-            continue
-        if a in drop:
-            skip = True
-            continue
-        if a.startswith("--jobs="):
-            continue
-        cmd.append(a)
+    argv, cmd = iter(sys.argv[1:]), []
+    for a in argv:
+        if a == "--jobs":
+            next(argv, None)  # and its value
+        elif not a.startswith("--jobs="):
+            cmd.append(a)
     procs = [subprocess.Popen([sys.executable, __file__, *cmd, "--phase", "tune"], cwd=ROOT)
              for _ in range(args.jobs)]
     try:

@@ -141,6 +141,7 @@ def search_space(method: str, family: str | None) -> list[Dim]:
     """The tuned fields of ``method`` for the model family / budget profile ``family`` (e.g.
     "cnn:fast"), in the config's field order."""
     from .methods import config_to_dict, get_method, make_config
+    from .methods.base import for_family
 
     spec = get_method(method)
     if method == "retrain":
@@ -148,12 +149,7 @@ def search_space(method: str, family: str | None) -> list[Dim]:
     defaults = config_to_dict(make_config(method, family))
     dims: list[Dim] = []
     hints = typing.get_type_hints(spec.config_cls)
-    per_family: dict[str, tuple[float, float]] = {}
-    if family:
-        table = getattr(spec.config_cls, "TUNE_RANGES", {})
-        per_family.update(table.get(family.split(":", 1)[0], {}))
-        if ":" in family:
-            per_family.update(table.get(family, {}))
+    per_family = for_family(spec.config_cls.TUNE_RANGES, family)
     for f in dataclasses.fields(spec.config_cls):
         meta = f.metadata
         if not meta.get("tune", True):

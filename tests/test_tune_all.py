@@ -91,3 +91,20 @@ def test_floor_is_the_gap_of_seed_means_per_retrain_and_ranking_uses_validation_
     # than its shipped one, and the ranking keeps the row validation chose.
     assert lines[1].startswith("- Tuned settings, closest first: finetune 0.10, mixunlearn 0.40, salun 0.50.")
     assert "mixunlearn 0.40 (rank 2 of 3)" in lines[1] and "mixunlearn minus floor: +0.10" in lines[1]
+
+
+def test_jobs_start_workers_with_the_same_arguments_but_jobs(monkeypatch):
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, cwd):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(tune_all.subprocess, "Popen", Proc)
+    monkeypatch.setattr(sys, "argv", ["tune_all.py", "--out", "X", "--jobs", "2", "--threads", "1", "--jobs=3"])
+    assert tune_all.tune_jobs(argparse.Namespace(jobs=2)) == 0
+    assert len(started) == 2
+    assert started[0][2:] == ["--out", "X", "--threads", "1", "--phase", "tune"]

@@ -243,14 +243,20 @@ def make_config(name: str, family: str | None = None, overrides: Mapping[str, An
     """The config of method ``name``: class defaults, then the model family's defaults, then those
     of the budget profile when ``family`` is ``family:budget``, then ``overrides``."""
     spec = get_method(name)
-    table = spec.config_cls.FAMILY_DEFAULTS
-    base: dict[str, Any] = {}
-    if family:
-        base.update(table.get(family.split(":", 1)[0], {}))
-        if ":" in family:
-            base.update(table.get(family, {}))
+    base = for_family(spec.config_cls.FAMILY_DEFAULTS, family)
     base.update(overrides or {})
     return config_from_dict(spec.config_cls, base)
+
+
+def for_family(table: Mapping[str, Mapping[str, Any]], family: str | None) -> dict[str, Any]:
+    """The entries of a per-family ``table`` (FAMILY_DEFAULTS, TUNE_RANGES) that apply to ``family``:
+    the family's (e.g. "cnn"), then, when ``family`` is ``family:budget``, that profile's on top."""
+    out: dict[str, Any] = {}
+    if family:
+        out.update(table.get(family.split(":", 1)[0], {}))
+        if ":" in family:
+            out.update(table.get(family, {}))
+    return out
 
 
 def parse_param_overrides(items: Iterable[str]) -> dict[str, dict[str, str]]:
