@@ -168,6 +168,8 @@ def bench_cmd(out_dir: Path, forget: str, methods: list[str], seeds: list[int], 
         cmd += ["--params-from", str(p)]
     for p in params:
         cmd += ["--param", p]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.ray:
         cmd += ["--ray", args.ray]
     return cmd
@@ -189,17 +191,20 @@ def tables_phase(args, out: Path) -> None:
             if best.is_file():
                 for k, v in (json.loads(best.read_text()).get("shipped_chosen_on_validation") or {}).items():
                     chosen.append(f"{m}.{k}={v}")
-        subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args, chosen), check=True,
-                       cwd=ROOT)
-        if tuned:
+        part = getattr(args, "part", "all")
+        if part in ("all", "shipped"):
+            subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args, chosen), check=True,
+                           cwd=ROOT)
+        if tuned and part in ("all", "tuned"):
             files = [study_dir(out, forget, m) / "best.json" for m in tuned]
             subprocess.run(bench_cmd(base / "tuned", forget, tuned, args.seeds, files, args), check=True, cwd=ROOT)
         floor = base / "floor"
-        if not (floor / "floor.json").is_file():
+        if part in ("all", "floor") and not (floor / "floor.json").is_file():
             subprocess.run([sys.executable, "bench/retrain_floor.py", "--dataset", DATASET, "--forget", forget,
                             "--seeds", ",".join(map(str, args.seeds)), "--recipe", RECIPE, "--out", str(floor),
                             "--threads", str(args.threads or 1)], check=True, cwd=ROOT)
         text = comparison(base, forget, out)
+        base.mkdir(parents=True, exist_ok=True)
         (base / "comparison.md").write_text(text + "\n")
         print(text, flush=True)
 
@@ -437,6 +442,9 @@ def main() -> int:
                    help="these methods' studies first, in this order (default: the closest to Retrain at their "
                         "shipped settings on Fashion-MNIST class 0, fast recipe, test split)")
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="trials and bench cells on Ray")
+    p.add_argument("--part", choices=("all", "shipped", "tuned", "floor", "compare"), default="all",
+                   help="tables phase: only this bench (run shipped and tuned as two processes at once), or "
+                        "only write comparison.md from what exists")
     p.add_argument("--status", action="store_true", help="print what is done and stop")
     p.add_argument("--markdown", action="store_true",
                    help="print the studies' validation gaps (shipped, tuned) as markdown tables and stop")

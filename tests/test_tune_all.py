@@ -108,3 +108,29 @@ def test_jobs_start_workers_with_the_same_arguments_but_jobs(monkeypatch):
     assert tune_all.tune_jobs(argparse.Namespace(jobs=2)) == 0
     assert len(started) == 2
     assert started[0][2:] == ["--out", "X", "--threads", "1", "--phase", "tune"]
+
+
+def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_choices(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(tune_all.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    d = tune_all.study_dir(tmp_path, "class:0", "scrub_r")
+    d.mkdir(parents=True)
+    (d / "best.json").write_text(json.dumps({"gap": 0.5, "shipped_gap": 0.6, "params": {"rewind_epoch": 2},
+                                             "shipped_chosen_on_validation": {"rewind_epoch": 2}}))
+    a = args(settings=["class:0"], methods=["finetune", "scrub_r"], seeds=[0, 1, 2], threads=1, device="cpu",
+             ray=None)
+    for part, expect in (("shipped", "shipped"), ("tuned", "tuned"), ("floor", "floor")):
+        ran.clear()
+        tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": part}), tmp_path)
+        assert len(ran) == 1 and any(str(x).endswith(expect) for x in ran[0]), (part, ran)
+        assert ran[0][ran[0].index("--threads") + 1] == "1"
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "shipped"}), tmp_path)
+    assert "scrub_r.rewind_epoch=2" in ran[0]  # the shipped row uses trial 0's choice, not the test split
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "tuned"}), tmp_path)
+    assert ran[0][ran[0].index("--methods") + 1] == "retrain,scrub_r"  # only methods with a study
+    assert str(d / "best.json") in ran[0]
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "compare"}), tmp_path)
+    assert ran == [] and (tmp_path / "tables" / "fashion_mnist-class_0" / "comparison.md").is_file()
