@@ -131,6 +131,23 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "tuned"}), tmp_path)
     assert ran[0][ran[0].index("--methods") + 1] == "retrain,scrub_r"  # only methods with a study
     assert str(d / "best.json") in ran[0]
+    # A study whose best trial is the shipped one is not run again: its tuned row is the shipped row.
+    f = tune_all.study_dir(tmp_path, "class:0", "finetune")
+    f.mkdir(parents=True)
+    (f / "best.json").write_text(json.dumps({"gap": 0.7, "shipped_gap": 0.7, "params": {}, "best_is_shipped": True}))
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "tuned"}), tmp_path)
+    assert ran[0][ran[0].index("--methods") + 1] == "retrain,scrub_r"
+    base = tmp_path / "tables" / "fashion_mnist-class_0"
+    (base / "shipped").mkdir(parents=True)
+    head = "method,gap_to_retrain,time_ratio_to_retrain,test_r,test_r_std,test_f,test_f_std,asr,asr_std\n"
+    (base / "shipped" / "table.csv").write_text(head + "retrain,0,1,90,0,0,0,40,0\nfinetune,0.9,0.1,91,1,0,0,42,1\n"
+                                                "scrub_r,0.6,1.1,90,1,0,0,41,1\n")
+    (base / "tuned").mkdir()
+    (base / "tuned" / "table.csv").write_text(head + "retrain,0,1,90,0,0,0,40,0\nscrub_r,0.3,1.1,90,1,0,0,40.5,1\n")
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "compare"}), tmp_path)
-    assert ran == [] and (tmp_path / "tables" / "fashion_mnist-class_0" / "comparison.md").is_file()
+    text = (base / "comparison.md").read_text()
+    assert ran == [] and "| finetune | tuned = shipped | 91.00 ± 1.00 |" in text
+    assert "| scrub_r | tuned | 90.00 ± 1.00 |" in text
+    assert "- Tuned settings, closest first: scrub_r 0.30, finetune 0.90." in text
