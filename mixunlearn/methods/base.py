@@ -53,7 +53,9 @@ class MethodConfig:
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Per family (and ``family:budget``), a field's range for tuning where the model bounds it (e.g. a
-    # layer count): ``{"cnn": {"k": (1, 5)}}``; read by mixunlearn.tune.search_space over tune_range.
+    # layer count, ``{"cnn": {"k": (1, 5)}}``) or where the derived range cannot meet the time cap (a
+    # budget whose shipped value is paper-sized, ``{"cnn:fast": {"epochs": (1, 10)}}``); read by
+    # mixunlearn.tune.search_space over tune_range.
     TUNE_RANGES: ClassVar[dict[str, dict[str, tuple[float, float]]]] = {}
 
     def setup_images(self, n_retain: int) -> int:
