@@ -118,12 +118,25 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     (d / "best.json").write_text(json.dumps({"gap": 0.5, "shipped_gap": 0.6, "params": {"rewind_epoch": 2},
                                              "shipped_chosen_on_validation": {"rewind_epoch": 2}}))
     a = args(settings=["class:0"], methods=["finetune", "scrub_r"], seeds=[0, 1, 2], threads=1, device="cpu",
-             ray=None)
+             ray=None, floor_alt=3)
     for part, expect in (("shipped", "shipped"), ("tuned", "tuned"), ("floor", "floor")):
         ran.clear()
         tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": part}), tmp_path)
         assert len(ran) == 1 and any(str(x).endswith(expect) for x in ran[0]), (part, ran)
         assert ran[0][ran[0].index("--threads") + 1] == "1"
+    assert ran[0][ran[0].index("--alt") + 1] == "3"
+    floor = tmp_path / "tables" / "fashion_mnist-class_0" / "floor" / "floor.json"
+    floor.parent.mkdir(parents=True)
+    m = {"test_r": 90.0, "test_f": 0.0, "asr": 40.0}
+    floor.write_text(json.dumps({"rows": [{"alt": a, "seed": s, "level": "class", "metrics": m, "retrain": m}
+                                          for a in (0, 1, 2) for s in (0, 1, 2)]}))
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "floor"}), tmp_path)
+    assert ran == []  # the stored floor has the 3 Retrains per seed asked for
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "floor", "floor_alt": 4}), tmp_path)
+    assert len(ran) == 1  # it is extended
+    floor.unlink()
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "shipped"}), tmp_path)
     assert "scrub_r.rewind_epoch=2" in ran[0]  # the shipped row uses trial 0's choice, not the test split
