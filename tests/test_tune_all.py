@@ -164,3 +164,16 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     assert ran == [] and "| finetune | tuned = shipped | 91.00 ± 1.00 |" in text
     assert "| scrub_r | tuned | 90.00 ± 1.00 |" in text
     assert "- Tuned settings, closest first: scrub_r 0.30, finetune 0.90." in text
+
+
+def test_cheapest_corner_takes_the_lowest_budgets_and_the_largest_batches():
+    from mixunlearn.tune import search_space
+
+    spec = importlib.util.spec_from_file_location("cheapest_corner", ROOT / "bench" / "cheapest_corner.py")
+    corner_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corner_mod)
+    dims = {d.name: d for d in search_space("laf_r", "cnn:fast")}
+    corner = corner_mod.cheapest_corner(list(dims.values()))
+    assert corner["epochs"] == corner["vae_epochs"] == corner["head_epochs"] == 1
+    assert corner["batch_size"] == dims["batch_size"].high == 128 and corner["vae_batch_size"] == 128
+    assert corner["lr_ue"] == dims["lr_ue"].default and corner["reduction"] == dims["reduction"].default
