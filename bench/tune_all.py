@@ -179,10 +179,13 @@ def tables_phase(args, out: Path) -> None:
     for forget in args.settings:
         methods = methods_for(forget, args.methods)
         base = out / "tables" / folder(forget)
-        tuned = [m for m in methods if (study_dir(out, forget, m) / "best.json").is_file()]
+        # A tuned row needs a finished study (all --trials counted): a running study's best.json is
+        # a snapshot, and benching it would put a half-tuned row in the table.
+        tuned = [m for m in methods if study_finished(out, forget, m, args.trials)]
         missing = sorted(set(methods) - set(tuned))
         if missing:
-            print(f"[{forget}] no study yet for {', '.join(missing)}: their tuned rows are left out", flush=True)
+            print(f"[{forget}] no finished study ({args.trials} trials) for {', '.join(missing)}: their tuned "
+                  f"rows are left out", flush=True)
         # The shipped rows with what a method chooses itself fixed on validation, as its study's
         # trial 0 chose it (SCRUB+R's rewind epoch; no test label is read to choose it).
         chosen = []
@@ -209,7 +212,7 @@ def tables_phase(args, out: Path) -> None:
             subprocess.run([sys.executable, "bench/retrain_floor.py", "--dataset", DATASET, "--forget", forget,
                             "--seeds", ",".join(map(str, args.seeds)), "--recipe", RECIPE, "--out", str(floor),
                             "--alt", str(alt), "--threads", str(args.threads or 1)], check=True, cwd=ROOT)
-        text = comparison(base, forget, out)
+        text = comparison(base, forget, out, args.trials)
         base.mkdir(parents=True, exist_ok=True)
         (base / "comparison.md").write_text(text + "\n")
         print(text, flush=True)
@@ -220,6 +223,13 @@ def floor_alts(path: Path) -> int:
     if not path.is_file():
         return 0
     return len({r["alt"] for r in json.loads(path.read_text()).get("rows") or []})
+
+
+def study_finished(out: Path, forget: str, method: str, trials: int) -> bool:
+    from mixunlearn.tune import trials_counted
+
+    best = study_dir(out, forget, method) / "best.json"
+    return best.is_file() and trials_counted(json.loads(best.read_text())) >= trials
 
 
 def best_is_shipped(out: Path, forget: str, method: str) -> bool:
@@ -243,10 +253,11 @@ def _f(v, digits: int = 2) -> str:
         return "–"
 
 
-def comparison(base: Path, forget: str, out: Path) -> str:
+def comparison(base: Path, forget: str, out: Path, trials: int = 20) -> str:
     """One table: per method its shipped and tuned rows (test split, mean over seeds)."""
     shipped, tuned = _rows(base / "shipped" / "table.csv"), _rows(base / "tuned" / "table.csv")
-    same = {m for m in shipped if m not in tuned and best_is_shipped(out, forget, m)}
+    same = {m for m in shipped if m not in tuned and best_is_shipped(out, forget, m) and study_finished(
+        out, forget, m, trials)}
     tuned.update({m: shipped[m] for m in same})
     level = "class" if forget.startswith("class") else "data"
     keys = {"class": ["test_r", "test_f", "asr"], "data": ["train_r", "train_f", "test", "asr"]}[level]

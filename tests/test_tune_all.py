@@ -116,6 +116,7 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     d = tune_all.study_dir(tmp_path, "class:0", "scrub_r")
     d.mkdir(parents=True)
     (d / "best.json").write_text(json.dumps({"gap": 0.5, "shipped_gap": 0.6, "params": {"rewind_epoch": 2},
+                                             "trials": 12, "failed": 3, "stopped_over_cap": 5,
                                              "shipped_chosen_on_validation": {"rewind_epoch": 2}}))
     a = args(settings=["class:0"], methods=["finetune", "scrub_r"], seeds=[0, 1, 2], threads=1, device="cpu",
              ray=None, floor_alt=3)
@@ -147,7 +148,13 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     # A study whose best trial is the shipped one is not run again: its tuned row is the shipped row.
     f = tune_all.study_dir(tmp_path, "class:0", "finetune")
     f.mkdir(parents=True)
-    (f / "best.json").write_text(json.dumps({"gap": 0.7, "shipped_gap": 0.7, "params": {}, "best_is_shipped": True}))
+    (f / "best.json").write_text(json.dumps({"gap": 0.7, "shipped_gap": 0.7, "params": {}, "best_is_shipped": True,
+                                             "trials": 20}))
+    # A study still running (fewer counted trials than --trials) gives no tuned row yet.
+    e = tune_all.study_dir(tmp_path, "class:0", "eu_k")
+    e.mkdir(parents=True)
+    (e / "best.json").write_text(json.dumps({"gap": 0.2, "shipped_gap": 0.9, "params": {"k": 2}, "trials": 5}))
+    a = argparse.Namespace(**{**vars(a), "methods": ["finetune", "scrub_r", "eu_k"]})
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "tuned"}), tmp_path)
     assert ran[0][ran[0].index("--methods") + 1] == "retrain,scrub_r"
