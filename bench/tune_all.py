@@ -139,6 +139,21 @@ def tune_phase(args, out: Path) -> None:
             release(where)
 
 
+def publish_phase(args, out: Path) -> list[Path]:
+    """Publish every finished study (all --trials counted) for the app; a running one is skipped."""
+    from mixunlearn.tune import publish
+
+    done = []
+    for forget, method in studies(args):
+        where = study_dir(out, forget, method)
+        if study_finished(out, forget, method, args.trials):
+            done.append(publish(where))
+        elif (where / "best.json").is_file():
+            print(f"[{forget} {method}] still running: not published", flush=True)
+    print(f"published {len(done)} tuning result(s) to the app's folder", flush=True)
+    return done
+
+
 def tune_one(args, forget: str, method: str, where: Path) -> None:
     from mixunlearn.tune import TuneTask, run_tuning
 
@@ -456,7 +471,9 @@ def main() -> int:
     global DATASET, RECIPE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/tune_all")
-    p.add_argument("--phase", choices=("tune", "tables", "all"), default="all")
+    p.add_argument("--phase", choices=("tune", "tables", "publish", "all"), default="all",
+                   help="publish: copy every finished study's best.json and study.db to the app's folder "
+                        "($MIXUNLEARN_HOME/tuned), so its Unlearn page offers the tuned settings")
     p.add_argument("--settings", default=";".join(SETTINGS), help="forget specs separated by ';'")
     p.add_argument("--dataset", default=DATASET, help="(a smoke test on digits: --dataset digits)")
     p.add_argument("--recipe", default=RECIPE)
@@ -505,6 +522,8 @@ def main() -> int:
             tune_phase(args, out)
     if args.phase in ("tables", "all"):
         tables_phase(args, out)
+    if args.phase == "publish":
+        publish_phase(args, out)
     return 0
 
 

@@ -184,3 +184,21 @@ def test_cheapest_corner_takes_the_lowest_budgets_and_the_largest_batches():
     assert corner["epochs"] == corner["vae_epochs"] == corner["head_epochs"] == 1
     assert corner["batch_size"] == dims["batch_size"].high == 128 and corner["vae_batch_size"] == 128
     assert corner["lr_ue"] == dims["lr_ue"].default and corner["reduction"] == dims["reduction"].default
+
+
+def test_publish_phase_copies_finished_studies_to_the_apps_folder(tmp_path, monkeypatch):
+    from mixunlearn.tune import tuned_folder
+
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(tmp_path / "home"))
+    a = args(settings=["class:0"], methods=["finetune", "salun"])
+    for method, n in (("finetune", 20), ("salun", 7)):
+        d = tune_all.study_dir(tmp_path, "class:0", method)
+        d.mkdir(parents=True)
+        (d / "best.json").write_text(json.dumps({
+            "method": method, "dataset": "fashion_mnist", "forget": "class:0", "recipe": "cnn_fast",
+            "level": "class", "params": {}, "gap": 0.5, "trials": n, "failed": 0}))
+    done = tune_all.publish_phase(a, tmp_path)
+    folder = tuned_folder("fashion_mnist", "cnn_fast", "class")
+    assert folder.is_relative_to(tmp_path / "home")
+    assert done == [folder / "finetune.json"] and (folder / "finetune.json").is_file()
+    assert not (folder / "salun.json").exists()  # still running
