@@ -135,7 +135,9 @@ def test_default_demo_in_a_real_browser(server):
             page.reload()
             demo = page.get_by_role("button", name="Run the default demo")
             expect(demo).to_be_disabled(timeout=60_000)
-            expect(page.get_by_text("No finished run yet: the run above is still in progress")).to_be_visible()
+            # (the reloaded page renders below the progress line; on a loaded machine that takes more than 5 s)
+            expect(page.get_by_text("No finished run yet: the run above is still in progress")).to_be_visible(
+                timeout=60_000)
             # The sidebar's status ticks with the page's (case 10): both read the job's clock.
             side = page.get_by_test_id("stSidebar").get_by_test_id("stAlert").filter(has_text="Default demo running")
             status = page.get_by_test_id("stMain").get_by_test_id("stAlert").filter(has_text="Default demo:")
@@ -175,20 +177,20 @@ def test_default_demo_in_a_real_browser(server):
             # Plotly draws after the frame is visible; wait (on a loaded machine) for the 10th trace:
             # 5 models x 2 traces.
             expect(page.locator(".js-plotly-plot .scatterlayer .trace").nth(9)).to_be_attached(timeout=60_000)
-            expect(page.locator(".js-plotly-plot").get_by_text("MixUnlearn").first).to_be_visible()
+            expect(page.locator(".js-plotly-plot").get_by_text("MixUnlearn").first).to_be_visible(timeout=30_000)
             _no_exception(page)
             _shot(page, "embeddings")
 
             _goto(page, "Loss KDE")
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
-            expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=30_000)
             _no_exception(page)
             _shot(page, "loss-kde")
 
             _goto(page, "Generator")
             grid = page.locator(".js-plotly-plot").first
             expect(grid).to_be_visible(timeout=60_000)
-            expect(grid.get_by_text("mask (forget share)")).to_be_visible()
+            expect(grid.get_by_text("mask (forget share)")).to_be_visible(timeout=30_000)
             assert page.locator(".js-plotly-plot .heatmaplayer .hm, .js-plotly-plot .imagelayer image").count() > 0
             _no_exception(page)
             _shot(page, "generator")
