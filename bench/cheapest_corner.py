@@ -15,6 +15,7 @@ timed slice of Retrain's training in this process), and prints its time ratio an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,21 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mixunlearn.tune import _BATCH_WORDS, _BUDGET_WORDS, TuneTask, evaluate_params, prepare_seed  # noqa: E402
+from mixunlearn.tune import TuneTask, evaluate_params, field_role, prepare_seed  # noqa: E402
 
 
 def cheapest_corner(dims) -> dict:
     """Budgets at their low end, batch sizes at their high end (fewest steps); other fields shipped."""
-    params = {}
-    for d in dims:
-        words = d.name.lower().split("_")
-        if d.kind == "int" and any(w in words for w in _BUDGET_WORDS):
-            params[d.name] = int(d.low)
-        elif d.kind == "int" and any(w in words for w in _BATCH_WORDS):
-            params[d.name] = int(d.high)
-        else:
-            params[d.name] = d.default
-    return params
+    end = {"budget": lambda d: int(d.low), "batch": lambda d: int(d.high)}
+    return {d.name: end.get(field_role(d.name, d.kind), lambda d: d.default)(d) for d in dims}
 
 
 def main() -> int:
@@ -61,11 +54,11 @@ def main() -> int:
     rows = []
     print("| method | cheapest corner | × Retrain (CPU s) | val gap |\n|---|---|---|---|", flush=True)
     for m in methods:
-        task = TuneTask(**{**first.to_dict(), "method": m, "seeds": (args.seed,)}).resolved()
+        task = dataclasses.replace(first, method=m).resolved()
         dims = task.space()
         corner = cheapest_corner(dims)
         res = evaluate_params(task, [setup], corner)
-        changed = {k: v for k, v in corner.items() if v != next(d.default for d in dims if d.name == k)}
+        changed = {d.name: corner[d.name] for d in dims if corner[d.name] != d.default}
         rows.append({"method": m, "params": corner, "changed": changed, **{k: v for k, v in res.items()
                                                                           if k != "per_seed"}})
         ratio = f"{res['time_ratio']:.3f}" if "time_ratio" in res else res.get("error", "?")

@@ -203,12 +203,8 @@ def tables_phase(args, out: Path) -> None:
                   f"rows are left out", flush=True)
         # The shipped rows with what a method chooses itself fixed on validation, as its study's
         # trial 0 chose it (SCRUB+R's rewind epoch; no test label is read to choose it).
-        chosen = []
-        for m in methods:
-            best = study_dir(out, forget, m) / "best.json"
-            if best.is_file():
-                for k, v in (json.loads(best.read_text()).get("shipped_chosen_on_validation") or {}).items():
-                    chosen.append(f"{m}.{k}={v}")
+        chosen = [f"{m}.{k}={v}" for m in methods
+                  for k, v in (best_doc(out, forget, m).get("shipped_chosen_on_validation") or {}).items()]
         part = getattr(args, "part", "all")
         if part in ("all", "shipped"):
             subprocess.run(bench_cmd(base / "shipped", forget, methods, args.seeds, [], args, chosen), check=True,
@@ -240,16 +236,20 @@ def floor_alts(path: Path) -> int:
     return len({r["alt"] for r in json.loads(path.read_text()).get("rows") or []})
 
 
+def best_doc(out: Path, forget: str, method: str) -> dict:
+    """A study's best.json ({} before its first trial)."""
+    best = study_dir(out, forget, method) / "best.json"
+    return json.loads(best.read_text()) if best.is_file() else {}
+
+
 def study_finished(out: Path, forget: str, method: str, trials: int) -> bool:
     from mixunlearn.tune import trials_counted
 
-    best = study_dir(out, forget, method) / "best.json"
-    return best.is_file() and trials_counted(json.loads(best.read_text())) >= trials
+    return trials_counted(best_doc(out, forget, method)) >= trials
 
 
 def best_is_shipped(out: Path, forget: str, method: str) -> bool:
-    best = study_dir(out, forget, method) / "best.json"
-    return best.is_file() and bool(json.loads(best.read_text()).get("best_is_shipped"))
+    return bool(best_doc(out, forget, method).get("best_is_shipped"))
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -284,11 +284,8 @@ def comparison(base: Path, forget: str, out: Path, trials: int = 20) -> str:
             r = rows.get(name)
             if r is None:
                 continue
-            best = study_dir(out, forget, name) / "best.json"
-            val = ""
-            if best.is_file():
-                b = json.loads(best.read_text())
-                val = _f(b["shipped_gap"] if label == "shipped" else b["gap"])
+            b = best_doc(out, forget, name)
+            val = _f(b["shipped_gap"] if label == "shipped" else b["gap"]) if b else ""
             cells = [f"{_f(r.get(k))} ± {_f(r.get(k + '_std'))}" for k in keys]
             if label == "tuned" and name in same:
                 label = "tuned = shipped"
@@ -311,24 +308,22 @@ def comparison(base: Path, forget: str, out: Path, trials: int = 20) -> str:
 
 def floor_gap(path: Path) -> tuple[float, float, int] | None:
     """The floor as the tables measure a method: per independent Retrain index (one alt Retrain per
-    seed), the gap of its seed-mean metrics to the task Retrain's seed-mean metrics; then mean and
-    sample sd over the indices, and their count."""
+    seed), the gap of its seed-mean metrics to the task Retrain's seed-mean metrics
+    (bench/retrain_floor.py's ``protocol_gap``, as its own table); then mean and sample sd over the
+    indices, and their count."""
+    import importlib.util
     import statistics
-
-    from mixunlearn.metrics import gap_to_retrain, metric_set
 
     if not path.is_file():
         return None
     rows = json.loads(path.read_text()).get("rows") or []
-    gaps = []
-    for alt in sorted({r["alt"] for r in rows}):
-        rs = [r for r in rows if r["alt"] == alt]
-        keys = metric_set(rs[0]["level"])
-        mean = {k: statistics.fmean(r["metrics"][k] for r in rs) for k in keys}
-        ref = {k: statistics.fmean(r["retrain"][k] for r in rs) for k in keys}
-        gaps.append(gap_to_retrain(mean, ref, rs[0]["level"]))
-    if not gaps:
+    if not rows:
         return None
+    spec = importlib.util.spec_from_file_location("retrain_floor", ROOT / "bench" / "retrain_floor.py")
+    floor_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor_mod)
+    level = rows[0]["level"]
+    gaps = [floor_mod.protocol_gap([r for r in rows if r["alt"] == a], level) for a in sorted({r["alt"] for r in rows})]
     return statistics.fmean(gaps), (statistics.stdev(gaps) if len(gaps) > 1 else 0.0), len(gaps)
 
 
@@ -356,7 +351,7 @@ def ranking(shipped: dict[str, dict], tuned: dict[str, dict], floor: tuple | Non
         mine = [f"{n} {g:.2f} (rank {i + 1} of {len(ranked)})" for i, (g, n) in enumerate(ranked)
                 if n.startswith("mixunlearn")]
         line = f"- {label.capitalize()} settings, closest first: {top}. MixUnlearn: {'; '.join(mine) or 'no row'}."
-        if floor is not None and ranked:
+        if floor is not None:
             ours = "".join(f"; {n} minus floor: {g - floor[0]:+.2f}" for g, n in ranked if n.startswith("mixunlearn"))
             line += f" Closest minus floor: {ranked[0][0] - floor[0]:+.2f}{ours}."
         lines.append(line)
@@ -371,8 +366,7 @@ def status(args, out: Path) -> None:
     rows, walls = [], []
     for forget in args.settings:
         for method in methods_for(forget, args.methods):
-            best = study_dir(out, forget, method) / "best.json"
-            b = json.loads(best.read_text()) if best.is_file() else {}
+            b = best_doc(out, forget, method)
             n = trials_counted(b)
             wall = b.get("trial_wall_seconds_mean")
             if wall:

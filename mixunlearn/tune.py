@@ -61,6 +61,17 @@ _BUDGET_WORDS = ("epochs", "steps", "iterations", "copies")
 _BATCH_WORDS = ("batch", "size")
 
 
+def field_role(name: str, kind: str) -> str | None:
+    """"budget" for an int field that holds a training budget, "batch" for an int batch size, else
+    None: how auto_range derives a range, and which end of it is the cheap one."""
+    words = name.lower().split("_")
+    if kind == "int" and any(w in words for w in _BUDGET_WORDS):
+        return "budget"
+    if kind == "int" and any(w in words for w in _BATCH_WORDS):
+        return "batch"
+    return None
+
+
 # --------------------------------------------------------------------------- the search space
 
 
@@ -113,11 +124,11 @@ def auto_range(name: str, kind: str, default: float, lo: float | None, hi: float
     Every range holds the default (trial 0 is the shipped setting)."""
     if default is None or default <= 0:
         return None
-    lname = name.lower()
-    words = lname.split("_")
-    if kind == "int" and any(w in words for w in _BUDGET_WORDS):
+    words = name.lower().split("_")
+    role = field_role(name, kind)
+    if role == "budget":
         low, high, use_log = math.ceil(default / 3), 2 * default, False
-    elif kind == "int" and any(w in words for w in _BATCH_WORDS):
+    elif role == "batch":
         low, high, use_log = max(1, default // 4), 4 * default, True
     elif kind == "float" and (log or "lr" in words or (lo is not None and lo > 0 and hi is not None
                                                          and hi / lo >= 100)):

@@ -72,7 +72,7 @@ def test_floor_is_the_gap_of_seed_means_per_retrain_and_ranking_uses_validation_
     ref = {"test_r": 90.0, "test_f": 0.0, "asr": 40.0}
     # Two alt Retrains over two seeds: per seed they err in opposite directions, so their seed
     # means sit on Retrain's (gap 0 for alt 0) -- the mean of per-run gaps would not.
-    rows = [{"alt": a, "seed": s, "level": "class", "retrain": ref,
+    rows = [{"alt": a, "seed": s, "spec": "class:0", "level": "class", "retrain": ref,
              "metrics": {"test_r": 90.0 + d, "test_f": 0.0, "asr": 40.0}}
             for a, ds in ((0, (1.0, -1.0)), (1, (3.0, 3.0))) for s, d in zip((0, 1), ds)]
     (tmp_path / "floor.json").write_text(json.dumps({"rows": rows}))
@@ -129,7 +129,8 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     floor = tmp_path / "tables" / "fashion_mnist-class_0" / "floor" / "floor.json"
     floor.parent.mkdir(parents=True)
     m = {"test_r": 90.0, "test_f": 0.0, "asr": 40.0}
-    floor.write_text(json.dumps({"rows": [{"alt": a, "seed": s, "level": "class", "metrics": m, "retrain": m}
+    floor.write_text(json.dumps({"rows": [{"alt": a, "seed": s, "spec": "class:0", "level": "class", "metrics": m,
+                                           "retrain": m}
                                           for a in (0, 1, 2) for s in (0, 1, 2)]}))
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "floor"}), tmp_path)
