@@ -22,6 +22,8 @@ from ui.progress import show_job
 
 st.title("Unlearn")
 s = state.setup()
+chosen: list[str] = []  # (what the tuning studies below open on, should the method choice fail)
+display: dict[str, str] = {}
 
 with widgets.guarded("the method choice"):
     info = get_info(s["dataset"])
@@ -59,7 +61,8 @@ with widgets.guarded("the method choice"):
         spec = next(m for m in specs if m.name == name)
         with st.expander(f"{spec.display} — hyper-parameters", expanded=False):
             st.caption(f"{spec.summary}. Defaults for the '{family}' model family are prefilled.")
-            tuned_params = tuned.settings_choice(name, s["dataset"], recipe_name, level, key=f"tuned:{name}")
+            tuned_params = tuned.settings_choice(name, s["dataset"], recipe_name, level, key=f"tuned:{name}",
+                                                 forget=spec_text)
             values = widgets.config_widgets(name, family, "hp:tuned" if tuned_params else "hp",
                                             prefill=tuned_params)
             changed = widgets.changed_values(name, family, values)
@@ -81,7 +84,7 @@ with widgets.guarded("the method choice"):
 
 with st.expander("Tuning studies (history and parameter importances)"):
     with widgets.guarded("the tuning studies"):
-        tuned.study_section(s["dataset"], recipe_name, level)
+        tuned.study_section(s["dataset"], recipe_name, level, prefer=chosen, titles=display)
 
 st.subheader("Progress")
 with widgets.guarded("the progress"):

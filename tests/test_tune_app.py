@@ -15,18 +15,18 @@ from mixunlearn import tune
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def publish_synthetic(lrs=(0.01, 0.05, 0.002), gaps=(3.0, 1.5, 2.5)) -> dict:
-    task = tune.TuneTask(dataset="digits", forget="class:0", method="finetune", seeds=(0,)).resolved()
+def publish_synthetic(lrs=(0.01, 0.05, 0.002), gaps=(3.0, 1.5, 2.5), method: str = "finetune") -> dict:
+    task = tune.TuneTask(dataset="digits", forget="class:0", method=method, seeds=(0,)).resolved()
     folder = tune.tuned_folder("digits", task.recipe, "class")
-    folder.mkdir(parents=True)
-    study = optuna.create_study(study_name=task.study_name, storage=f"sqlite:///{folder / 'finetune.db'}")
+    folder.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=task.study_name, storage=f"sqlite:///{folder / f'{method}.db'}")
     study.set_user_attr("task", task.to_dict())
     dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)}
     for i, (lr, gap) in enumerate(zip(lrs, gaps)):
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=gap,
                                                   user_attrs={"shipped": i == 0, "time_ratio": 0.1}))
     best = tune.summary(study)
-    (folder / "finetune.json").write_text(json.dumps(best))
+    (folder / f"{method}.json").write_text(json.dumps(best))
     return best
 
 
@@ -49,3 +49,19 @@ def test_unlearn_page_offers_tuned_settings_and_the_study_history():
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = " ".join(str(c.get("layout", {}).get("title", {}).get("text", "")) for c in charts)
     assert "Optimization History" in titles
+
+
+def test_the_study_view_opens_on_a_chosen_method_and_a_caption_names_another_forget_spec():
+    publish_synthetic()
+    publish_synthetic(method="neggrad")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/2_Unlearn.py")
+    at.run()
+    at.multiselect(key="unlearn_methods").set_value(["neggrad"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    # opens on the method chosen on the page, not on the first published one alphabetically
+    assert at.selectbox(key="tuned_study_method").value == "neggrad"
+    # the studies tuned class 0; the default task forgets class 3: the caption says so
+    captions = " ".join(c.value for c in at.caption)
+    assert "tuned to forget class:0" in captions and "this task forgets class:3" in captions

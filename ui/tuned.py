@@ -7,6 +7,7 @@ study, ``METHOD.db``), where ``python -m mixunlearn tune ... --publish`` copies 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import streamlit as st
@@ -14,9 +15,11 @@ import streamlit as st
 from mixunlearn import tune
 
 
-def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str) -> dict[str, Any] | None:
+def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str,
+                    forget: str | None = None) -> dict[str, Any] | None:
     """A "shipped / tuned" choice when a tuning result is published for this method and task;
-    returns the tuned params when "tuned" is chosen, else None."""
+    returns the tuned params when "tuned" is chosen, else None. ``forget``: the task's forget spec,
+    so the caption says when the study tuned on another one of the same level."""
     found = tune.published(dataset, recipe, level).get(method)
     if found is None:
         return None
@@ -27,19 +30,33 @@ def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str
     note = f"Tuned over {tune.trials_counted(found)} trials (seeds {found.get('seeds', '?')}, {found['forget']})"
     if gap is not None and shipped is not None:
         note += f": validation gap {gap:.2f} vs {shipped:.2f} shipped"
-    st.caption(note + ".")
+    note += "."
+    if forget and forget != found["forget"]:
+        note += (f" It was tuned to forget {found['forget']}, and this task forgets {forget}: "
+                 "the tuned values are a starting point here, not a tuned result.")
+    st.caption(note)
     return dict(found["params"]) if choice == "tuned" else None
 
 
-def study_section(dataset: str, recipe: str, level: str) -> None:
-    """The published studies of this task: pick a method, see its optimisation history and which
+def study_section(dataset: str, recipe: str, level: str, prefer: Sequence[str] = (),
+                  titles: Mapping[str, str] | None = None) -> None:
+    """The published studies of this task: pick a method (it opens on the first of ``prefer``, the
+    methods chosen on the page, that has a study), see its optimisation history and which
     parameters mattered."""
     found = tune.published(dataset, recipe, level)
     if not found:
         st.caption(f"No tuning result is published for {dataset} ({recipe}, {level}-level). "
                    "Tune one with `python -m mixunlearn tune ... --publish`.")
         return
-    method = st.selectbox("Study", sorted(found), key="tuned_study_method")
+    names = sorted(found)
+    first = next((m for m in prefer if m in found), names[0])
+    titles = titles or {}
+    # A keyed selectbox keeps its value across reruns: follow the page's choice of methods when it
+    # changes, and otherwise keep what the user picked here.
+    if st.session_state.get("tuned_study_follows") != first or st.session_state.get("tuned_study_method") not in names:
+        st.session_state["tuned_study_method"] = first
+        st.session_state["tuned_study_follows"] = first
+    method = st.selectbox("Study", names, key="tuned_study_method", format_func=lambda m: f"{titles.get(m, m)} ({m})")
     study = tune.load_published_study(dataset, recipe, level, method)
     if study is None:
         st.caption("Only the best settings were published (no study file).")
