@@ -218,7 +218,7 @@ def tables_phase(args, out: Path) -> None:
             subprocess.run(bench_cmd(base / "tuned", forget, rerun, args.seeds, files, args), check=True, cwd=ROOT)
         floor = base / "floor"
         alt = getattr(args, "floor_alt", 2)
-        if part in ("all", "floor") and floor_alts(floor / "floor.json") < alt:
+        if part in ("all", "floor") and floor_alts(floor / "floor.json", args.seeds) < alt:
             # (more Retrains than a stored floor had: the stored ones load from the model cache)
             subprocess.run([sys.executable, "bench/retrain_floor.py", "--dataset", DATASET, "--forget", forget,
                             "--seeds", ",".join(map(str, args.seeds)), "--recipe", RECIPE, "--out", str(floor),
@@ -229,11 +229,13 @@ def tables_phase(args, out: Path) -> None:
         print(text, flush=True)
 
 
-def floor_alts(path: Path) -> int:
-    """How many independent Retrains per seed a stored floor.json holds (0: none)."""
+def floor_alts(path: Path, seeds: list[int]) -> int:
+    """How many independent Retrains a stored floor.json holds for every one of ``seeds`` (0: none,
+    or a seed of the tables missing: a floor measured on other seeds is measured again)."""
     if not path.is_file():
         return 0
-    return len({r["alt"] for r in json.loads(path.read_text()).get("rows") or []})
+    rows = json.loads(path.read_text()).get("rows") or []
+    return min(len({r["alt"] for r in rows if r["seed"] == s}) for s in seeds) if seeds else 0
 
 
 def best_doc(out: Path, forget: str, method: str) -> dict:
@@ -354,6 +356,9 @@ def ranking(shipped: dict[str, dict], tuned: dict[str, dict], floor: tuple | Non
         if floor is not None:
             ours = "".join(f"; {n} minus floor: {g - floor[0]:+.2f}" for g, n in ranked if n.startswith("mixunlearn"))
             line += f" Closest minus floor: {ranked[0][0] - floor[0]:+.2f}{ours}."
+        pending = sorted(n for g, n in ranked if n not in tuned)
+        if label == "tuned" and pending:  # a partial table says which rows are not tuned ones
+            line += f" No tuned row (yet), so the shipped row stands in: {', '.join(pending)}."
         lines.append(line)
     return lines
 

@@ -668,10 +668,9 @@ def _n_retain(cfg) -> int:
 
 
 def run_tuning(task: TuneTask, trials: int, out: str | Path, *, storage: str | None = None,
-               write: Callable[[str], None] = print, callbacks=None, cache=None,
-               evaluate: Callable | None = None) -> TuneResult:
+               write: Callable[[str], None] = print, callbacks=None, cache=None) -> TuneResult:
     """Run (or continue) the study of ``task`` until it holds ``trials`` counted trials, serially in
-    this process; write ``out/best.json``. ``evaluate`` replaces :func:`evaluate_params` (tests)."""
+    this process; write ``out/best.json``."""
     task = task.resolved()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -685,10 +684,7 @@ def run_tuning(task: TuneTask, trials: int, out: str | Path, *, storage: str | N
         for _ in range(todo):
             trial = study.ask()
             params = suggest(trial, dims)
-            if evaluate is None:
-                result = evaluate_params(task, setups, params, stop_over_cap=not trial.user_attrs.get("shipped"))
-            else:
-                result = evaluate(task, setups, params)
+            result = evaluate_params(task, setups, params, stop_over_cap=not trial.user_attrs.get("shipped"))
             line = tell(study, trial, result)
             lines.append(line)
             write(line)

@@ -91,6 +91,8 @@ def test_floor_is_the_gap_of_seed_means_per_retrain_and_ranking_uses_validation_
     # than its shipped one, and the ranking keeps the row validation chose.
     assert lines[1].startswith("- Tuned settings, closest first: finetune 0.10, mixunlearn 0.40, salun 0.50.")
     assert "mixunlearn 0.40 (rank 2 of 3)" in lines[1] and "mixunlearn minus floor: +0.10" in lines[1]
+    assert lines[1].endswith("No tuned row (yet), so the shipped row stands in: salun.")
+    assert "stands in" not in tune_all.ranking(shipped, {**tuned, "salun": shipped["salun"]}, None)[1]
 
 
 def test_jobs_start_workers_with_the_same_arguments_but_jobs(monkeypatch):
@@ -138,6 +140,9 @@ def test_tables_parts_run_only_their_bench_with_fixed_threads_and_validation_cho
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "floor", "floor_alt": 4}), tmp_path)
     assert len(ran) == 1  # it is extended
+    ran.clear()
+    tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "floor", "seeds": [0, 1, 3]}), tmp_path)
+    assert len(ran) == 1  # a floor measured on other seeds is measured again
     floor.unlink()
     ran.clear()
     tune_all.tables_phase(argparse.Namespace(**{**vars(a), "part": "shipped"}), tmp_path)
