@@ -356,8 +356,8 @@ def ranking(shipped: dict[str, dict], tuned: dict[str, dict], floor: tuple | Non
         if floor is not None:
             ours = "".join(f"; {n} minus floor: {g - floor[0]:+.2f}" for g, n in ranked if n.startswith("mixunlearn"))
             line += f" Closest minus floor: {ranked[0][0] - floor[0]:+.2f}{ours}."
-        pending = sorted(n for g, n in ranked if n not in tuned)
-        if label == "tuned" and pending:  # a partial table says which rows are not tuned ones
+        pending = sorted(n for g, n in ranked if n not in tuned) if label == "tuned" else []
+        if pending:  # a partial table says which rows are not tuned ones
             line += f" No tuned row (yet), so the shipped row stands in: {', '.join(pending)}."
         lines.append(line)
     return lines

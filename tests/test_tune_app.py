@@ -44,7 +44,7 @@ def test_unlearn_page_offers_tuned_settings_and_the_study_history():
     assert {"tuned:finetune", "tuned:neggrad"} <= set(radios) and "tuned:salun" not in radios  # where published
     # the studies tuned class 0; the default task forgets class 3: the caption says so
     captions = " ".join(c.value for c in at.caption)
-    assert "tuned to forget class:0" in captions and "this task forgets class:3" in captions
+    assert "class:0): validation gap" in captions and "This task forgets class:3: the tuned values" in captions
     # the study view opens on the first chosen method with a study, not the first alphabetically
     assert at.selectbox(key="tuned_study_method").value == "neggrad"
     assert at.number_input(key="hp:finetune:digits:lr").value != 0.05

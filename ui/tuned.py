@@ -32,8 +32,7 @@ def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str
         note += f": validation gap {gap:.2f} vs {shipped:.2f} shipped"
     note += "."
     if forget and forget != found["forget"]:
-        note += (f" It was tuned to forget {found['forget']}, and this task forgets {forget}: "
-                 "the tuned values are a starting point here, not a tuned result.")
+        note += f" This task forgets {forget}: the tuned values are a starting point here, not a tuned result."
     st.caption(note)
     return dict(found["params"]) if choice == "tuned" else None
 
