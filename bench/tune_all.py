@@ -19,6 +19,7 @@ the whole thing again after an interruption (or with more ``--trials``: the tota
     python bench/tune_all.py --out bench/out/tune_all --phase tune --ray auto
     python bench/tune_all.py --out bench/out/tune_all --phase tables
     python bench/tune_all.py --out bench/out/tune_all --status          # what is done, what is left
+    python bench/tune_all.py --out bench/out/tune_all --phase bundle    # best settings -> mixunlearn/tuned/
 """
 
 from __future__ import annotations
@@ -152,6 +153,46 @@ def publish_phase(args, out: Path) -> list[Path]:
             print(f"[{forget} {method}] still running: not published", flush=True)
     print(f"published {len(done)} tuning result(s) to the app's folder", flush=True)
     return done
+
+
+def bundle_phase(args, out: Path) -> list[Path]:
+    """Write every finished study's best.json into the package's tuning results for its level
+    (mixunlearn/tuned/DATASET-RECIPE-LEVEL.json): what the app offers as "tuned" on a fresh
+    install. Only finished studies are bundled; two settings of one level cannot share a file."""
+    from mixunlearn.data import parse_forget_spec
+    from mixunlearn.tune import write_bundle
+
+    by_level: dict[str, tuple[str, list[dict]]] = {}
+    for forget in args.settings:
+        level = parse_forget_spec(forget).level
+        if level in by_level and by_level[level][0] != forget:
+            raise SystemExit(f"bundle: {by_level[level][0]} and {forget} are both {level}-level; bundle one of them")
+        docs = by_level.setdefault(level, (forget, []))[1]
+        base = out / "tables" / folder(forget)
+        shipped, tuned = _rows(base / "shipped" / "table.csv"), _rows(base / "tuned" / "table.csv")
+        floor = floor_gap(base / "floor" / "floor.json")
+        for method in methods_for(forget, args.methods):
+            if study_finished(out, forget, method, args.trials):
+                doc = best_doc(out, forget, method)
+                # what the tables measured on the test split, so the app can say it beside the
+                # validation gaps (a tuned row equal to the shipped one is not benched twice)
+                row_s = shipped.get(method)
+                row_t = shipped.get(method) if doc.get("best_is_shipped") else tuned.get(method)
+                if row_s and row_t:
+                    doc["test"] = {"seeds": args.seeds, "shipped_gap": float(row_s["gap_to_retrain"]),
+                                   "tuned_gap": float(row_t["gap_to_retrain"]),
+                                   "floor": round(floor[0], 4) if floor else None}
+                docs.append(doc)
+            else:
+                print(f"[{forget} {method}] no finished study ({args.trials} trials): not bundled", flush=True)
+    written = []
+    for level, (forget, docs) in by_level.items():
+        if docs:
+            written.append(write_bundle(docs, DATASET, RECIPE, level,
+                                        made_by=f"bench/tune_all.py --settings {forget} --trials {args.trials} "
+                                                f"--tune-seeds {','.join(map(str, args.tune_seeds))}"))
+            print(f"bundled {len(docs)} tuning result(s) of {forget}: {written[-1]}", flush=True)
+    return written
 
 
 def tune_one(args, forget: str, method: str, where: Path) -> None:
@@ -470,9 +511,11 @@ def main() -> int:
     global DATASET, RECIPE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/tune_all")
-    p.add_argument("--phase", choices=("tune", "tables", "publish", "all"), default="all",
+    p.add_argument("--phase", choices=("tune", "tables", "publish", "bundle", "all"), default="all",
                    help="publish: copy every finished study's best.json and study.db to the app's folder "
-                        "($MIXUNLEARN_HOME/tuned), so its Unlearn page offers the tuned settings")
+                        "($MIXUNLEARN_HOME/tuned), so its Unlearn page offers the tuned settings; bundle: "
+                        "write the finished studies' best settings into the package (mixunlearn/tuned/), "
+                        "what the app offers on a fresh install")
     p.add_argument("--settings", default=";".join(SETTINGS), help="forget specs separated by ';'")
     p.add_argument("--dataset", default=DATASET, help="(a smoke test on digits: --dataset digits)")
     p.add_argument("--recipe", default=RECIPE)
@@ -523,6 +566,8 @@ def main() -> int:
         tables_phase(args, out)
     if args.phase == "publish":
         publish_phase(args, out)
+    if args.phase == "bundle":
+        bundle_phase(args, out)
     return 0
 
 

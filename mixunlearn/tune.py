@@ -698,10 +698,7 @@ def run_tuning(task: TuneTask, trials: int, out: str | Path, *, storage: str | N
 
 
 def read_best(path: str | Path) -> dict[str, Any]:
-    """A best.json document, checked: a JSON object with a known ``method`` and a ``params`` object
-    whose fields that method's config knows and accepts. Raises ValueError with one line."""
-    from .methods import config_from_dict, get_method
-
+    """A best.json document, checked (:func:`check_best`). Raises ValueError with one line."""
     p = Path(path)
     try:
         doc = json.loads(p.read_text())
@@ -709,13 +706,21 @@ def read_best(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"--params-from {p}: cannot read it ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise ValueError(f"--params-from {p}: not JSON ({exc})") from None
+    return check_best(doc, f"--params-from {p}")
+
+
+def check_best(doc: Any, where: str) -> dict[str, Any]:
+    """``doc`` if it reads as a tuning result: a JSON object with a known ``method`` and a ``params``
+    object whose fields that method's config knows and accepts; else ValueError naming ``where``."""
+    from .methods import config_from_dict, get_method
+
     if not isinstance(doc, dict) or not isinstance(doc.get("method"), str) or not isinstance(doc.get("params"), dict):
-        raise ValueError(f"--params-from {p}: not a tuning result (needs \"method\" and a \"params\" object)")
+        raise ValueError(f"{where}: not a tuning result (needs \"method\" and a \"params\" object)")
     try:
         spec = get_method(doc["method"])
         config_from_dict(spec.config_cls, doc["params"])  # unknown fields and bad values fail here
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"--params-from {p}: {exc}") from None
+        raise ValueError(f"{where}: {exc}") from None
     return doc
 
 
@@ -760,11 +765,57 @@ def publish(out: str | Path) -> Path:
     return atomic_write_text(folder / f"{doc['method']}.json", json.dumps(doc, indent=1) + "\n")
 
 
-def published(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:
-    """``{method: best.json document}`` of the tuning results published for this task (files that
-    do not read as a tuning result are skipped)."""
-    folder = tuned_folder(dataset, recipe, level)
+# The project's own tuning results ship with the package, one file per data set, recipe and level
+# (the best.json documents of bench/tune_all.py's studies; `--phase bundle` writes them). The
+# studies themselves (SQLite, 100-200 KB each) do not ship.
+BUNDLED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+def bundled_file(dataset: str, recipe: str, level: str) -> Path:
+    return BUNDLED_DIR / f"{dataset}-{recipe}-{level}.json"
+
+
+def write_bundle(docs: Sequence[Mapping[str, Any]], dataset: str, recipe: str, level: str,
+                 made_by: str = "") -> Path:
+    """Write the tuning results that ship with the package for one task (each doc checked first,
+    sorted by method; a doc of another data set, recipe or level is refused)."""
+    docs = sorted((dict(d) for d in docs), key=lambda d: d.get("method", ""))
+    for d in docs:
+        check_best(d, f"bundle {dataset}-{recipe}-{level}")
+        got = (d.get("dataset"), d.get("recipe"), d.get("level"))
+        if got != (dataset, recipe, level):
+            raise ValueError(f"bundle {dataset}-{recipe}-{level}: {d['method']}'s result is for {got}")
+    body = {"dataset": dataset, "recipe": recipe, "level": level, "made_by": made_by, "results": docs}
+    path = bundled_file(dataset, recipe, level)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def bundled(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:
+    """``{method: best.json document}`` of the tuning results that ship with the package for this
+    task, each marked ``"bundled": True`` (a result that no longer reads as one -- a method gone or
+    a field renamed -- is skipped)."""
+    path = bundled_file(dataset, recipe, level)
+    try:
+        docs = json.loads(path.read_text()).get("results", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
     found: dict[str, dict[str, Any]] = {}
+    for doc in docs if isinstance(docs, list) else []:
+        try:
+            check_best(doc, str(path))
+        except ValueError:
+            continue
+        found[doc["method"]] = {**doc, "bundled": True}
+    return found
+
+
+def published(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:
+    """``{method: best.json document}`` of the tuning results for this task: those that ship with
+    the package (:func:`bundled`), each replaced by the user's own where ``$MIXUNLEARN_HOME/tuned``
+    has one (files that do not read as a tuning result are skipped)."""
+    folder = tuned_folder(dataset, recipe, level)
+    found: dict[str, dict[str, Any]] = bundled(dataset, recipe, level)
     if not folder.is_dir():
         return found
     for p in sorted(folder.glob("*.json")):

@@ -305,3 +305,50 @@ def test_on_a_cpu_the_cap_counts_cpu_seconds_not_the_wait_for_a_core(home, tmp_p
     study = optuna.load_study(study_name=t.study_name, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     for trial in study.get_trials():
         assert trial.user_attrs["time_ratio"] < 0.3 <= trial.user_attrs["per_seed"][0]["wall_seconds"] / retrain
+
+
+def test_the_bundled_tuning_results_read_and_the_users_own_replace_them(tmp_path, monkeypatch):
+    from mixunlearn import tune
+
+    # The results that ship with the package: every one reads as a tuning result (a registered
+    # method, params its config accepts), belongs to its file's task and counts its 20 trials.
+    files = sorted(tune.BUNDLED_DIR.glob("*.json"))
+    assert {f.name for f in files} >= {"fashion_mnist-cnn_fast-class.json", "fashion_mnist-cnn_fast-data.json"}
+    for f in files:
+        body = json.loads(f.read_text())
+        found = tune.bundled(body["dataset"], body["recipe"], body["level"])
+        assert len(found) == len(body["results"]) >= 22, f.name  # none skipped as unreadable
+        for m, doc in found.items():
+            assert doc["bundled"] and doc["method"] == m and doc["level"] == body["level"]
+            assert tune.trials_counted(doc) >= 20 and doc["seeds"] == [0, 1] and doc["eval_split"] == "val"
+            # the test-split gaps the tables measured ride along (a tuned = shipped row is one row)
+            test = doc["test"]
+            assert test["seeds"] == [0, 1, 2] and test["floor"] > 0
+            assert test["tuned_gap"] == test["shipped_gap"] or not doc["best_is_shipped"]
+    assert {"mixunlearn", "mixunlearn_agnostic", "delete", "sfr_on"} <= set(tune.bundled("fashion_mnist", "cnn_fast",
+                                                                                         "data"))
+
+    # A bundle of one's own: offered where nothing is published; a published study replaces it.
+    monkeypatch.setattr(tune, "BUNDLED_DIR", tmp_path / "bundle")
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(tmp_path / "home"))
+    doc = {"dataset": "digits", "recipe": "laf_cnn_fast", "level": "class", "forget": "class:0", "seeds": [0],
+           "gap": 1.0, "trials": 20}
+    tune.write_bundle([{**doc, "method": "salun", "params": {"lr": 0.02}},
+                       {**doc, "method": "finetune", "params": {"lr": 0.03}}], "digits", "laf_cnn_fast", "class")
+    assert {m: d["params"] for m, d in tune.published("digits", "laf_cnn_fast", "class").items()} == {
+        "finetune": {"lr": 0.03}, "salun": {"lr": 0.02}}
+    mine = tune.tuned_folder("digits", "laf_cnn_fast", "class")
+    mine.mkdir(parents=True)
+    (mine / "finetune.json").write_text(json.dumps({**doc, "method": "finetune", "params": {"lr": 0.05}}))
+    found = tune.published("digits", "laf_cnn_fast", "class")
+    assert found["finetune"]["params"] == {"lr": 0.05} and not found["finetune"].get("bundled")
+    assert found["salun"]["bundled"] and tune.published("digits", "laf_cnn_fast", "data") == {}
+    # a result for another task is refused; one that no longer reads (a field renamed) is skipped
+    with pytest.raises(ValueError, match="salun's result is for"):
+        tune.write_bundle([{**doc, "method": "salun", "params": {}, "level": "data"}], "digits", "laf_cnn_fast",
+                          "class")
+    path = tune.bundled_file("digits", "laf_cnn_fast", "class")
+    body = json.loads(path.read_text())
+    body["results"][0]["params"] = {"no_such_field": 1}
+    path.write_text(json.dumps(body))
+    assert set(tune.bundled("digits", "laf_cnn_fast", "class")) == {"salun"}

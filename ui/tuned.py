@@ -1,9 +1,10 @@
 """Tuned settings in the app: the shipped-or-tuned choice per method on the Unlearn page, and a
 study's history and parameter importances (Optuna's own Plotly figures).
 
-Tuning results are read from ``$MIXUNLEARN_HOME/tuned/DATASET/RECIPE/LEVEL/METHOD.json`` (and the
-study, ``METHOD.db``), where ``python -m mixunlearn tune ... --publish`` copies them
-(mixunlearn.tune.publish)."""
+Tuning results are the project's own, which ship with the package (``mixunlearn/tuned/``, best
+settings only), and the user's, read from ``$MIXUNLEARN_HOME/tuned/DATASET/RECIPE/LEVEL/METHOD.json``
+(and the study, ``METHOD.db``), where ``python -m mixunlearn tune ... --publish`` copies them
+(mixunlearn.tune.publish); the user's replace the shipped ones method by method."""
 
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str
                       help="'tuned': the best trial of an Optuna study on the validation split "
                            "(python -m mixunlearn tune); 'shipped': the method's defaults.")
     gap, shipped = found.get("gap"), found.get("shipped_gap")
-    note = f"Tuned over {tune.trials_counted(found)} trials (seeds {found.get('seeds', '?')}, {found['forget']})"
+    by = "Tuned by MixUnlearn's own sweep" if found.get("bundled") else "Tuned"
+    note = f"{by} over {tune.trials_counted(found)} trials (seeds {found.get('seeds', '?')}, {found['forget']})"
     if gap is not None and shipped is not None:
         note += f": validation gap {gap:.2f} vs {shipped:.2f} shipped"
     note += "."
+    test = found.get("test") or {}
+    if test.get("tuned_gap") is not None and test.get("shipped_gap") is not None:
+        note += (f" On the test split (seeds {test.get('seeds', '?')}): gap {test['tuned_gap']:.2f} tuned vs "
+                 f"{test['shipped_gap']:.2f} shipped")
+        note += f"; an independent Retrain scores {test['floor']:.2f}." if test.get("floor") is not None else "."
     if forget and forget != found["forget"]:
         note += f" This task forgets {forget}: the tuned values are a starting point here, not a tuned result."
     st.caption(note)
@@ -58,7 +65,14 @@ def study_section(dataset: str, recipe: str, level: str, prefer: Sequence[str] =
     method = st.selectbox("Study", names, key="tuned_study_method", format_func=lambda m: f"{titles.get(m, m)} ({m})")
     study = tune.load_published_study(dataset, recipe, level, method)
     if study is None:
-        st.caption("Only the best settings were published (no study file).")
+        doc = found[method]
+        if doc.get("bundled"):
+            st.caption(f"MixUnlearn ships this method's best settings from its own sweep, not the study. Tune it "
+                       f"yourself to see the history here: `python -m mixunlearn tune --dataset {dataset} "
+                       f"--forget {doc['forget']} --method {method} --recipe {recipe} --trials 20 "
+                       f"--seeds {','.join(map(str, doc.get('seeds') or [0]))} --out OUT --publish`.")
+        else:
+            st.caption("Only the best settings were published (no study file).")
         return
     figs = tune.study_figures(study)
     st.plotly_chart(figs["history"], key="tuned_history")
