@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--params-from", action="append", default=[], metavar="FILE",
                         help="a tuning result (tune's best.json) whose params apply to its method; repeatable, "
                              "one file per method (a --param of the same field wins)")
+        sp.add_argument("--tuned", action="store_true",
+                        help="apply the tuning results for this data set, recipe and level to each method that "
+                             "has one: MixUnlearn's own (Fashion-MNIST, fast recipe) or yours (tune --publish); "
+                             "--params-from and --param win")
 
     run = sub.add_parser("run", help="one seed: all methods run and scored against Retrain -> OUT/results.json")
     common(run)
@@ -334,24 +338,55 @@ def _shorten_inputs(message: str, texts: Sequence[str | None]) -> str:
     return message
 
 
-def _params_with_files(args) -> dict[str, dict]:
-    """``--param`` values on top of the ``--params-from`` files' (each file checked first)."""
+def _params_with_files(args, recipe: str | None = None) -> dict[str, dict]:
+    """``--param`` values on top of the ``--params-from`` files' (each file checked first), on top
+    of the published tuning results with ``--tuned`` (``recipe``: the run's resolved recipe)."""
     params = param_overrides(args.param)
     files = getattr(args, "params_from", None) or []
-    if not files:
-        return params
     from .tune import params_from_files
 
-    tuned = params_from_files(files, list(args.methods))
+    tuned = _published_params(args, recipe) if getattr(args, "tuned", False) and recipe else {}
+    for method, fields in params_from_files(files, list(args.methods)).items() if files else ():
+        tuned[method] = fields  # a file replaces the published result of its method
     for method, fields in params.items():
         tuned.setdefault(method, {}).update(fields)
     return tuned
 
 
+def _published_params(args, recipe: str) -> dict[str, dict]:
+    """``{method: params}`` of the tuning results published for this task (tune.published), for the
+    run's methods that have one; says once which methods got them. None at all is an error."""
+    from .data import parse_forget_spec
+    from .tune import published
+
+    level = parse_forget_spec(args.forget).level
+    found = published(args.dataset, recipe, level)
+    have = [m for m in args.methods if m in found]
+    if not have:
+        raise ValueError(f"--tuned: no tuning result for {args.dataset} ({recipe}, {level}-level) and methods "
+                         f"{', '.join(m for m in args.methods if m != 'retrain')}; tune one with "
+                         f"`python -m mixunlearn tune ... --publish`, or drop --tuned")
+    if not getattr(args, "_tuned_said", False):
+        args._tuned_said = True
+        without = [m for m in args.methods if m not in found and m != "retrain"]
+        print(f"--tuned: tuned settings for {', '.join(have)}"
+              + (f"; shipped settings for {', '.join(without)} (no tuning result)" if without else ""),
+              file=sys.stderr)
+    return {m: dict(found[m]["params"]) for m in have}
+
+
 def _experiment_config(args, seed: int):
     from .experiment import ExperimentConfig
 
-    params = _params_with_files(args)
+    recipe = None
+    if getattr(args, "tuned", False):  # the published results are per recipe: resolve it first
+        try:
+            recipe = ExperimentConfig(dataset=args.dataset, forget=args.forget, methods=tuple(args.methods),
+                                      model=args.model, recipe=args.recipe, data_root=args.data_root,
+                                      plugins=tuple(args.plugin)).resolved().recipe
+        except ValueError:
+            recipe = None  # the full config below says what is wrong
+    params = _params_with_files(args, recipe)
     inputs = [args.dataset, args.forget, args.model, args.recipe, args.device, *args.methods,
               *(t for m, fields in params.items() for f, v in fields.items() for t in (m, f, v))]
     try:

@@ -352,3 +352,33 @@ def test_the_bundled_tuning_results_read_and_the_users_own_replace_them(tmp_path
     body["results"][0]["params"] = {"no_such_field": 1}
     path.write_text(json.dumps(body))
     assert set(tune.bundled("digits", "laf_cnn_fast", "class")) == {"salun"}
+
+
+def test_run_tuned_applies_the_published_results_and_files_and_params_win(tmp_path, monkeypatch, capsys):
+    from mixunlearn import cli, tune
+
+    monkeypatch.setattr(tune, "BUNDLED_DIR", tmp_path / "bundle")
+    monkeypatch.setenv("MIXUNLEARN_HOME", str(tmp_path / "home"))
+    doc = {"dataset": "digits", "recipe": "laf_cnn_fast", "level": "class", "forget": "class:0", "seeds": [0, 1]}
+    tune.write_bundle([{**doc, "method": "finetune", "params": {"lr": 0.004, "epochs": 2}},
+                       {**doc, "method": "salun", "params": {"lr": 0.002}}], "digits", "laf_cnn_fast", "class")
+    base = ["run", "--dataset", "digits", "--forget", "class:3", "--recipe", "laf_cnn_fast", "--tuned"]
+
+    def params(*extra, methods="retrain,finetune,neggrad"):
+        args = cli.build_parser().parse_args([*base, "--methods", methods, *extra])
+        return cli._experiment_config(args, 0).params
+
+    assert params() == {"finetune": {"lr": 0.004, "epochs": 2}}  # neggrad has none: its shipped settings
+    assert "tuned settings for finetune; shipped settings for neggrad" in capsys.readouterr().err
+    assert params("--param", "finetune.lr=0.01") == {"finetune": {"lr": 0.01, "epochs": 2}}
+    mine = tmp_path / "best.json"
+    mine.write_text(json.dumps({**doc, "method": "finetune", "params": {"lr": 0.02}}))
+    assert params("--params-from", str(mine), methods="retrain,finetune,salun") == {
+        "finetune": {"lr": 0.02}, "salun": {"lr": 0.002}}
+    capsys.readouterr()
+    # on another level nothing is published: one line, before any work
+    rc = cli.main(["run", "--dataset", "digits", "--forget", "data:5-9:0.4", "--recipe", "laf_cnn_fast", "--tuned",
+                   "--methods", "retrain,finetune", "--out", str(tmp_path / "no")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tuned: no tuning result for digits (laf_cnn_fast, data-level)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
