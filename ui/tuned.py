@@ -33,15 +33,22 @@ def settings_choice(method: str, dataset: str, recipe: str, level: str, key: str
     if gap is not None and shipped is not None:
         note += f": validation gap {gap:.2f} vs {shipped:.2f} shipped"
     note += "."
-    test = found.get("test") or {}
-    if test.get("tuned_gap") is not None and test.get("shipped_gap") is not None:
-        note += (f" On the test split (seeds {test.get('seeds', '?')}): gap {test['tuned_gap']:.2f} tuned vs "
-                 f"{test['shipped_gap']:.2f} shipped")
-        note += f"; an independent Retrain scores {test['floor']:.2f}." if test.get("floor") is not None else "."
+    note += _test_sentence(found.get("test"))
     if forget and forget != found["forget"]:
         note += f" This task forgets {forget}: the tuned values are a starting point here, not a tuned result."
     st.caption(note)
     return dict(found["params"]) if choice == "tuned" else None
+
+
+def _test_sentence(test: Any) -> str:
+    """What the comparison's tables measured on the test split (shipped results carry it), or ""."""
+    num = (int, float)
+    if not isinstance(test, dict) or not all(isinstance(test.get(k), num) for k in ("tuned_gap", "shipped_gap")):
+        return ""
+    text = (f" On the test split (seeds {test.get('seeds', '?')}): gap {test['tuned_gap']:.2f} tuned vs "
+            f"{test['shipped_gap']:.2f} shipped")
+    floor = test.get("floor")
+    return text + (f"; an independent Retrain scores {floor:.2f}." if isinstance(floor, num) else ".")
 
 
 def study_section(dataset: str, recipe: str, level: str, prefer: Sequence[str] = (),
