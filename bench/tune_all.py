@@ -169,15 +169,14 @@ def bundle_phase(args, out: Path) -> list[Path]:
             raise SystemExit(f"bundle: {by_level[level][0]} and {forget} are both {level}-level; bundle one of them")
         docs = by_level.setdefault(level, (forget, []))[1]
         base = out / "tables" / folder(forget)
-        shipped, tuned = _rows(base / "shipped" / "table.csv"), _rows(base / "tuned" / "table.csv")
+        shipped, tuned, _ = table_rows(base, forget, out, args.trials)
         floor = floor_gap(base / "floor" / "floor.json")
         for method in methods_for(forget, args.methods):
             if study_finished(out, forget, method, args.trials):
                 doc = best_doc(out, forget, method)
                 # what the tables measured on the test split, so the app can say it beside the
-                # validation gaps (a tuned row equal to the shipped one is not benched twice)
-                row_s = shipped.get(method)
-                row_t = shipped.get(method) if doc.get("best_is_shipped") else tuned.get(method)
+                # validation gaps
+                row_s, row_t = shipped.get(method), tuned.get(method)
                 if row_s and row_t:
                     doc["test"] = {"seeds": args.seeds, "shipped_gap": float(row_s["gap_to_retrain"]),
                                    "tuned_gap": float(row_t["gap_to_retrain"]),
@@ -311,12 +310,20 @@ def _f(v, digits: int = 2) -> str:
         return "–"
 
 
-def comparison(base: Path, forget: str, out: Path, trials: int = 20) -> str:
-    """One table: per method its shipped and tuned rows (test split, mean over seeds)."""
+def table_rows(base: Path, forget: str, out: Path, trials: int) -> tuple[dict, dict, set[str]]:
+    """The tables' shipped and tuned rows per method; a finished study whose best trial is the
+    shipped one (not benched twice) gets its shipped row as its tuned row. Also returns those
+    methods."""
     shipped, tuned = _rows(base / "shipped" / "table.csv"), _rows(base / "tuned" / "table.csv")
     same = {m for m in shipped if m not in tuned and best_is_shipped(out, forget, m) and study_finished(
         out, forget, m, trials)}
     tuned.update({m: shipped[m] for m in same})
+    return shipped, tuned, same
+
+
+def comparison(base: Path, forget: str, out: Path, trials: int = 20) -> str:
+    """One table: per method its shipped and tuned rows (test split, mean over seeds)."""
+    shipped, tuned, same = table_rows(base, forget, out, trials)
     level = "class" if forget.startswith("class") else "data"
     keys = {"class": ["test_r", "test_f", "asr"], "data": ["train_r", "train_f", "test", "asr"]}[level]
     head = ["method", "settings", *keys, "gap", "× Retrain", "val gap (study)"]

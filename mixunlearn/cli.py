@@ -379,11 +379,11 @@ def _experiment_config(args, seed: int):
     from .experiment import ExperimentConfig
 
     recipe = None
-    if getattr(args, "tuned", False):  # the published results are per recipe: resolve it first
+    if getattr(args, "tuned", False):  # the published results are per recipe (resolved as the config does)
+        from .training import default_recipe, get_recipe
+
         try:
-            recipe = ExperimentConfig(dataset=args.dataset, forget=args.forget, methods=tuple(args.methods),
-                                      model=args.model, recipe=args.recipe, data_root=args.data_root,
-                                      plugins=tuple(args.plugin)).resolved().recipe
+            recipe = (get_recipe(args.recipe) if args.recipe else default_recipe(args.dataset)).name
         except ValueError:
             recipe = None  # the full config below says what is wrong
     params = _params_with_files(args, recipe)

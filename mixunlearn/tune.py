@@ -767,8 +767,11 @@ def publish(out: str | Path) -> Path:
 
 # The project's own tuning results ship with the package, one file per data set, recipe and level
 # (the best.json documents of bench/tune_all.py's studies; `--phase bundle` writes them). The
-# studies themselves (SQLite, 100-200 KB each) do not ship.
+# studies themselves (SQLite, about 140-210 KB each) do not ship.
 BUNDLED_DIR = Path(__file__).resolve().parent / "tuned"
+# {path: ((mtime_ns, size), {method: doc})}: checking a file's 23 results costs ~40 ms, and the
+# Unlearn page asks once per chosen method on every rerun.
+_BUNDLE_CACHE: dict[Path, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
 
 
 def bundled_file(dataset: str, recipe: str, level: str) -> Path:
@@ -797,6 +800,10 @@ def bundled(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:
     a field renamed -- is skipped)."""
     path = bundled_file(dataset, recipe, level)
     try:
+        st = path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if path in _BUNDLE_CACHE and _BUNDLE_CACHE[path][0] == stamp:
+            return dict(_BUNDLE_CACHE[path][1])
         docs = json.loads(path.read_text()).get("results", [])
     except (OSError, ValueError, AttributeError):
         return {}
@@ -807,7 +814,8 @@ def bundled(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:
         except ValueError:
             continue
         found[doc["method"]] = {**doc, "bundled": True}
-    return found
+    _BUNDLE_CACHE[path] = (stamp, found)
+    return dict(found)
 
 
 def published(dataset: str, recipe: str, level: str) -> dict[str, dict[str, Any]]:

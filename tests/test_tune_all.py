@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("tune_all", ROOT / "bench" / "tune_all.py")
 tune_all = importlib.util.module_from_spec(_spec)
@@ -208,3 +210,34 @@ def test_publish_phase_copies_finished_studies_to_the_apps_folder(tmp_path, monk
     assert folder.is_relative_to(tmp_path / "home")
     assert done == [folder / "finetune.json"] and (folder / "finetune.json").is_file()
     assert not (folder / "salun.json").exists()  # still running
+
+
+def test_bundle_writes_finished_studies_with_their_test_gaps_and_a_shipped_best_reads_the_shipped_row(
+        tmp_path, monkeypatch):
+    from mixunlearn import tune
+
+    monkeypatch.setattr(tune_all, "DATASET", "digits")
+    monkeypatch.setattr(tune_all, "RECIPE", "laf_cnn_fast")
+    monkeypatch.setattr(tune, "BUNDLED_DIR", tmp_path / "bundle")
+    doc = {"dataset": "digits", "recipe": "laf_cnn_fast", "level": "class", "forget": "class:0", "failed": 0,
+           "stopped_over_cap": 0}
+    studies = {"finetune": ({"lr": 0.02}, False, 20), "salun": ({}, True, 20), "neggrad": ({"lr": 1e-4}, False, 5)}
+    for method, (params, shipped, n) in studies.items():
+        d = tune_all.study_dir(tmp_path, "class:0", method)
+        d.mkdir(parents=True)
+        (d / "best.json").write_text(json.dumps({**doc, "method": method, "params": params, "trials": n,
+                                                 "best_is_shipped": shipped}))
+    base = tmp_path / "tables" / tune_all.folder("class:0")
+    for part, rows in (("shipped", {"finetune": 0.9, "salun": 0.6, "neggrad": 4.0}), ("tuned", {"finetune": 0.4})):
+        (base / part).mkdir(parents=True)
+        (base / part / "table.csv").write_text("method,gap_to_retrain\n" + "".join(
+            f"{m},{g}\n" for m, g in rows.items()))
+    a = args(settings=["class:0"], methods=list(studies), seeds=[0, 1, 2])
+    [path] = tune_all.bundle_phase(a, tmp_path)
+    found = tune.bundled("digits", "laf_cnn_fast", "class")
+    assert path == tune.bundled_file("digits", "laf_cnn_fast", "class") and set(found) == {"finetune", "salun"}
+    assert found["finetune"]["test"] == {"seeds": [0, 1, 2], "shipped_gap": 0.9, "tuned_gap": 0.4, "floor": None}
+    assert found["salun"]["test"]["tuned_gap"] == found["salun"]["test"]["shipped_gap"] == 0.6  # not benched twice
+    # two settings of one level would share a file: refused
+    with pytest.raises(SystemExit, match="both class-level"):
+        tune_all.bundle_phase(args(settings=["class:0", "class:3"], methods=["finetune"], seeds=[0]), tmp_path)
